@@ -1,0 +1,145 @@
+"""Configuration schemas for envs and training runs (frozen dataclasses, loaded by `config_loader`).
+
+Defaults live here and only here. A YAML file under ``configs/`` overrides some of them; CLI
+``--set key.path=value`` overrides go through the same validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from robot_sac.config_loader import load_config, param
+from robot_sac.errors import ConfigError
+from robot_sac.safety import SafetyConfig
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+"""The ``configs/`` directory of a source checkout or editable install."""
+
+
+def _check_range(name: str, bounds: tuple[float, float]) -> None:
+    if bounds[0] > bounds[1]:
+        raise ConfigError(f"{name}: the range [{bounds[0]}, {bounds[1]}] is empty; write it as [low, high]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArmReachConfig:
+    """The ArmReach task: move the end effector to a random reachable point."""
+
+    horizon_steps: int = param(100, ge=1, le=100_000, doc="episode length; episodes end by truncation here")
+    success_threshold_m: float = param(0.01, unit="m", gt=0.0, le=0.5, doc="success when the tip is this close")
+    action_penalty: float = param(0.01, ge=0.0, le=10.0, doc="reward weight of |a|^2 (a in policy units)")
+    velocity_penalty: float = param(0.001, ge=0.0, le=10.0, doc="reward weight of |qdot|^2 (rad^2/s^2)")
+    target_min_height_m: float = param(0.03, unit="m", ge=-1.0, le=1.0, doc="targets sit above the table")
+    target_min_radius_m: float = param(0.08, unit="m", ge=0.0, le=1.0, doc="targets keep clear of the base")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomizationConfig:
+    """Domain randomization of the simulator, sampled once per episode when ``enabled``.
+
+    Each range is ``[low, high]`` and sampled uniformly; scales multiply the URDF's nominal values.
+    When disabled the nominal model is used (no latency, no noise).
+    """
+
+    enabled: bool = param(False, doc="sample the ranges below at every reset")
+    link_mass_scale: tuple[float, float] = param((0.8, 1.2), gt=0.0, le=10.0, doc="multiplies each link mass")
+    lateral_friction: tuple[float, float] = param((0.5, 1.2), ge=0.0, le=5.0, doc="link surface friction coefficient")
+    joint_damping_nm_s_rad: tuple[float, float] = param(
+        (0.0, 0.05), unit="N·m·s/rad", ge=0.0, le=10.0, doc="viscous joint damping"
+    )
+    actuator_gain_scale: tuple[float, float] = param((0.7, 1.3), gt=0.0, le=10.0, doc="multiplies the servo gain")
+    max_velocity_scale: tuple[float, float] = param(
+        (0.8, 1.2), gt=0.0, le=10.0, doc="multiplies the servo's speed limit"
+    )
+    action_latency_periods: tuple[int, int] = param(
+        (0, 1), ge=0, le=10, doc="commands take effect this many control periods late"
+    )
+    position_noise_rad: tuple[float, float] = param((0.0, 0.002), unit="rad", ge=0.0, le=0.5, doc="encoder noise std")
+    velocity_noise_rad_s: tuple[float, float] = param(
+        (0.0, 0.02), unit="rad/s", ge=0.0, le=5.0, doc="velocity estimate noise std"
+    )
+
+    def __post_init__(self) -> None:
+        """Every range must be ordered."""
+        for name in (
+            "link_mass_scale",
+            "lateral_friction",
+            "joint_damping_nm_s_rad",
+            "actuator_gain_scale",
+            "max_velocity_scale",
+            "action_latency_periods",
+            "position_noise_rad",
+            "velocity_noise_rad_s",
+        ):
+            _check_range(name, getattr(self, name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimConfig:
+    """The PyBullet backend."""
+
+    urdf: str = param("arm4.urdf", doc="URDF file name in sim/assets, or a path")
+    physics_substeps: int = param(8, ge=1, le=100, doc="physics steps per control period")
+    position_gain: float = param(0.3, gt=0.0, le=1.0, doc="servo position gain (PyBullet positionGain)")
+    velocity_gain: float = param(1.0, ge=0.0, le=10.0, doc="servo velocity gain (PyBullet velocityGain)")
+    randomization: RandomizationConfig = param(RandomizationConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NormalizationConfig:
+    """Running observation normalization (mean/variance), clipped at ±clip_sigma."""
+
+    enabled: bool = param(True, doc="normalize observations for the policy")
+    clip_sigma: float = param(5.0, gt=0.0, le=100.0, doc="normalized values are clipped to ±clip_sigma")
+    epsilon: float = param(1e-8, gt=0.0, le=1.0, doc="added to the variance before the square root")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvConfig:
+    """Everything `make_env` needs besides the backend itself."""
+
+    robot: str = param("robots/arm4.yaml", doc="robot YAML, relative to the configs/ directory or absolute")
+    task: ArmReachConfig = param(ArmReachConfig)
+    sim: SimConfig = param(SimConfig)
+    safety: SafetyConfig = param(SafetyConfig)
+    normalization: NormalizationConfig = param(NormalizationConfig)
+
+    def robot_path(self, config_dir: Path = REPO_CONFIG_DIR) -> Path:
+        """The robot YAML's path: absolute as written, else under ``config_dir``."""
+        path = Path(self.robot)
+        return path if path.is_absolute() else config_dir / path
+
+
+@dataclass(frozen=True, kw_only=True)
+class SACConfig:
+    """SAC hyperparameters (Haarnoja et al. 2018b, table 1 defaults)."""
+
+    learning_rate: float = param(3e-4, gt=0.0, le=1.0, doc="Adam step size for actor, critics and temperature")
+    gamma: float = param(0.99, ge=0.0, lt=1.0, doc="discount factor")
+    tau: float = param(0.005, gt=0.0, le=1.0, doc="Polyak factor of the target critics")
+    batch_size: int = param(256, ge=1, le=65_536, doc="transitions per gradient step")
+    buffer_size: int = param(1_000_000, ge=1, le=100_000_000, doc="replay capacity in transitions")
+    learning_starts: int = param(5_000, ge=0, doc="env steps of uniform random actions before updates start")
+    hidden_sizes: tuple[int, ...] = param((256, 256), ge=1, le=8192, doc="MLP layer widths")
+    alpha: float | None = param(None, gt=0.0, le=100.0, doc="fixed temperature; null learns it")
+    target_entropy: float | None = param(None, le=0.0, doc="null means -|A| (the paper's heuristic)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """A training run: the env and the learner."""
+
+    seed: int = param(0, ge=0, le=2**31 - 1, doc="seeds numpy, torch and the envs")
+    env: EnvConfig = param(EnvConfig)
+    sac: SACConfig = param(SACConfig)
+
+
+def load_env_config(path: str | Path, overrides: tuple[str, ...] = ()) -> EnvConfig:
+    """Load ``configs/envs/<name>.yaml``."""
+    return load_config(EnvConfig, path, overrides)
+
+
+def load_train_config(path: str | Path, overrides: tuple[str, ...] = ()) -> TrainConfig:
+    """Load ``configs/train/<name>.yaml``."""
+    return load_config(TrainConfig, path, overrides)

@@ -1,0 +1,189 @@
+"""`RobotEnv`: the gymnasium env over any `RobotBackend` and `Task`, with the safety filter inside.
+
+Why the safety filter lives inside the env rather than in a wrapper: it needs the measured state
+to seed its rate limiter, and on a fault it must command the hold *through the backend* in the
+same step. A wrapper would have to reach into ``env.unwrapped.backend``. The deploy loop uses the
+same `SafetyFilter` class directly, so sim, hardware and deployment share one implementation.
+
+Step semantics:
+
+- The action is in [-1, 1]^dof, a joint-target delta in units of ``max_step_rad`` (see
+  `SafetyFilter.from_action`). ``info["executed_action"]`` is what was actually executed, in the
+  same units; the replay buffer stores it.
+- A fault (non-finite action, a `RobotFault` from the backend, a measurement outside the
+  physical range) ends the episode with ``truncated=True`` and ``info["fault"]`` naming it; the
+  robot holds its last safe target. ``terminated`` is reserved for true task terminals.
+  When the backend could not deliver a valid measurement, the last valid observation is returned
+  with ``info["observation_valid"] = False``: such a transition must not enter a replay buffer.
+- After a fault, `step` refuses until `reset`; after a `FaultLevel.LATCHED` fault `reset` refuses
+  until `rearm` (operator action).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+from robot_sac.backend import RobotBackend
+from robot_sac.errors import (
+    EnvStateError,
+    FaultLevel,
+    NonFiniteObservation,
+    ObservationOutOfBounds,
+    RobotFault,
+    fault_name,
+)
+from robot_sac.safety import CLIP_STAGES, SafetyDecision, SafetyFilter
+from robot_sac.spec import RobotState
+from robot_sac.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
+    """A robot task as a gymnasium env; the same class drives the simulator and the hardware.
+
+    Observations are raw (SI units, float32, see the task); normalization is a wrapper.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 50}  # noqa: RUF012 - gymnasium API
+
+    def __init__(
+        self, backend: RobotBackend, task: Task, safety: SafetyFilter, render_mode: str | None = None
+    ) -> None:
+        """Compose the env; nothing is connected until the first `reset`."""
+        spec = backend.spec
+        if safety.spec is not spec and safety.spec != spec:
+            raise ValueError("the safety filter and the backend must use the same RobotSpec")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']}")
+        if render_mode == "rgb_array" and not callable(getattr(backend, "render_rgb", None)):
+            raise ValueError(f"{type(backend).__name__} cannot render; use a simulator backend for render_mode")
+        self.backend = backend
+        self.task = task
+        self.safety = safety
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": spec.control_hz}
+        self._obs_low, self._obs_high = (b.astype(np.float64) for b in task.observation_bounds())
+        self.observation_space = gym.spaces.Box(
+            self._obs_low.astype(np.float32), self._obs_high.astype(np.float32), dtype=np.float32
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(spec.dof,), dtype=np.float32)
+        self._connected = False
+        self._last_obs: np.ndarray | None = None
+        self._state: RobotState | None = None
+        self._ended_by_fault = False
+        self._latched: RobotFault | None = None
+        self._episode_counts = dict.fromkeys(CLIP_STAGES, 0)
+
+    # --- gymnasium API ------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Home the robot, seed the safety filter from the measured pose, start the task."""
+        super().reset(seed=seed)
+        if self._latched is not None:
+            raise EnvStateError(
+                f"a latched fault ({fault_name(self._latched)}: {self._latched}) needs an operator: "
+                "inspect the robot, then call rearm() before reset()"
+            )
+        if not self._connected:
+            self.backend.connect()
+            self._connected = True
+        state = self.backend.reset(seed=int(self.np_random.integers(0, 2**31 - 1)))
+        self.safety.reset(state.position_rad)
+        self.task.reset(self.np_random, state)
+        obs = self._observe(state)
+        self._state, self._last_obs, self._ended_by_fault = state, obs, False
+        self._episode_counts = dict.fromkeys(CLIP_STAGES, 0)
+        return obs.astype(np.float32), self._info(state, None, None)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Filter the action, hold the resulting target for one control period, observe."""
+        if self._state is None or self._last_obs is None:
+            raise EnvStateError("call reset() before step()")
+        if self._ended_by_fault:
+            raise EnvStateError("the episode ended with a fault; call reset() before stepping again")
+        decision = self.safety.from_action(action)
+        fault: RobotFault | None = decision.fault
+        state: RobotState | None = None
+        try:
+            state = self.backend.step(decision.target_rad)
+            obs = self._observe(state)
+        except RobotFault as err:
+            fault, state, obs = err, None, self._last_obs
+        for stage, hit in decision.clipped.items():
+            self._episode_counts[stage] += hit
+        if fault is not None:
+            self._on_fault(fault)
+        if state is None:
+            reward, terminated = 0.0, False
+        else:
+            self._state, self._last_obs = state, obs
+            reward = self.task.reward(state, decision.executed_action)
+            terminated = self.task.terminated(state)
+        info = self._info(self._state, decision, fault, observation_valid=state is not None)
+        return obs.astype(np.float32), reward, terminated, fault is not None, info
+
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
+        """An RGB image (H, W, 3) uint8 of the scene with the task's markers, in ``rgb_array`` mode."""
+        if self.render_mode != "rgb_array":
+            return None
+        render_rgb = self.backend.render_rgb  # type: ignore[attr-defined]
+        return render_rgb(markers_m=self.task.markers_m())
+
+    def close(self) -> None:
+        """Close the backend (idempotent)."""
+        self.backend.close()
+        self._connected = False
+        super().close()
+
+    def rearm(self) -> None:
+        """Clear a latched fault after an operator has inspected the robot."""
+        self._latched = None
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _observe(self, state: RobotState) -> np.ndarray:
+        """The raw observation of a state, validated against the physical bounds (float64)."""
+        obs = self.task.observation(state, self.safety.last_command_rad)
+        if not np.isfinite(obs).all():
+            raise NonFiniteObservation(f"non-finite measurement: {self._describe(~np.isfinite(obs), obs)}")
+        outside = (obs < self._obs_low) | (obs > self._obs_high)
+        if outside.any():
+            raise ObservationOutOfBounds(f"measurement outside its physical range: {self._describe(outside, obs)}")
+        return obs
+
+    def _describe(self, mask: np.ndarray, obs: np.ndarray) -> str:
+        names = self.task.observation_names
+        return ", ".join(f"{names[i]}={obs[i]:.6g}" for i in np.flatnonzero(mask))
+
+    def _on_fault(self, fault: RobotFault) -> None:
+        self._ended_by_fault = True
+        if fault.level is FaultLevel.LATCHED:
+            self._latched = fault
+        log.warning("fault %s: %s (robot holds %s rad)", fault_name(fault), fault, self.safety.last_command_rad)
+
+    def _info(
+        self,
+        state: RobotState,
+        decision: SafetyDecision | None,
+        fault: RobotFault | None,
+        observation_valid: bool = True,
+    ) -> dict[str, Any]:
+        info: dict[str, Any] = dict(self.task.metrics(state))
+        info["fault"] = None if fault is None else fault_name(fault)
+        info["fault_message"] = "" if fault is None else str(fault)
+        info["observation_valid"] = observation_valid
+        info["command_rad"] = self.safety.last_command_rad
+        info["stamp_s"] = state.stamp_s
+        info["clip_counts"] = dict(self._episode_counts)
+        if decision is not None:
+            info["executed_action"] = decision.executed_action.copy()
+            info["clipped"] = dict(decision.clipped)
+            info["safety_clipped"] = decision.any_clipped
+        return info

@@ -1,0 +1,90 @@
+"""`make_env`: the one factory that builds the env stack for every path.
+
+Sim training, hardware fine-tuning, evaluation and deployment all build their env here, so the
+wrapper order, the safety filter and the normalization are the same everywhere; only the backend
+differs. The order, inside out:
+
+    RobotEnv(backend, task, safety filter)  ->  TimeLimit(horizon)  ->  NormalizeObservation
+
+The module also holds the gymnasium entry point of ``robot_sac/ArmReach-v0``, which composes the
+default PyBullet arm. PyBullet is imported only when that entry point runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import TimeLimit
+
+from robot_sac.backend import RobotBackend
+from robot_sac.configs import EnvConfig, load_env_config
+from robot_sac.config_loader import from_mapping, apply_overrides, to_mapping
+from robot_sac.env import RobotEnv
+from robot_sac.normalization import NormalizeObservation, ObservationNormalizer
+from robot_sac.safety import SafetyFilter
+from robot_sac.spec import RobotSpec, load_robot_spec
+from robot_sac.tasks.arm_reach import ArmReach
+
+
+def make_env(
+    config: EnvConfig,
+    backend: RobotBackend,
+    *,
+    normalizer: ObservationNormalizer | None = None,
+    render_mode: str | None = None,
+) -> gym.Env[np.ndarray, np.ndarray]:
+    """Build the ArmReach env stack over ``backend``.
+
+    Args:
+        config: the env configuration (task, safety, normalization).
+        backend: the robot (PyBullet, serial hardware, or the numpy fake), not yet connected.
+        normalizer: shared or restored statistics; a fresh one is made when None. Ignored when
+            ``config.normalization.enabled`` is false.
+        render_mode: ``None`` or ``"rgb_array"`` (simulator backends only).
+    """
+    spec = backend.spec
+    task = ArmReach(spec, config.task)
+    env: gym.Env[np.ndarray, np.ndarray] = RobotEnv(
+        backend, task, SafetyFilter(spec, config.safety), render_mode=render_mode
+    )
+    env = TimeLimit(env, max_episode_steps=config.task.horizon_steps)
+    if config.normalization.enabled:
+        dim = int(np.prod(env.observation_space.shape))
+        if normalizer is None:
+            n = config.normalization
+            normalizer = ObservationNormalizer(dim, clip_sigma=n.clip_sigma, epsilon=n.epsilon)
+        env = NormalizeObservation(env, normalizer)
+    return env
+
+
+def make_sim_backend(config: EnvConfig, spec: RobotSpec) -> RobotBackend:
+    """The PyBullet backend for ``spec`` (imports pybullet)."""
+    from sim.pybullet_backend import PyBulletBackend  # noqa: PLC0415 - keep pybullet off the deploy path
+
+    return PyBulletBackend(spec, config.sim)
+
+
+def load_env_stack_config(
+    config_path: str | Path | None = None, overrides: tuple[str, ...] = ()
+) -> tuple[EnvConfig, RobotSpec]:
+    """Load an env config (the repo default when None) and the robot spec it names."""
+    if config_path is None:
+        config = from_mapping(EnvConfig, apply_overrides(to_mapping(EnvConfig()), overrides), source="<defaults>")
+    else:
+        config = load_env_config(config_path, overrides)
+    return config, load_robot_spec(config.robot_path())
+
+
+def make_arm_reach_env(
+    render_mode: str | None = None,
+    config_path: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> gym.Env[np.ndarray, np.ndarray]:
+    """Gymnasium entry point of ``robot_sac/ArmReach-v0``: the default arm in PyBullet.
+
+    ``gymnasium.make("robot_sac/ArmReach-v0", config_path=..., overrides=("task.horizon_steps=50",))``
+    selects another config or overrides keys, validated like the CLI's ``--set``.
+    """
+    config, spec = load_env_stack_config(config_path, tuple(overrides))
+    return make_env(config, make_sim_backend(config, spec), render_mode=render_mode)

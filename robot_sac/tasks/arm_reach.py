@@ -1,0 +1,111 @@
+"""ArmReach: bring the end effector within ``success_threshold_m`` of a random reachable point.
+
+Observation (raw, SI), in order: joint positions (rad), joint velocities (rad/s), the joint target
+the robot currently holds (rad), end-effector position (m), target position (m). The held target
+is part of the state because actions are target *deltas*: without it the MDP is not Markov (the
+servo lags its target, so positions alone do not tell where the command is).
+
+Reward: ``-distance_m - action_penalty * |a|^2 - velocity_penalty * |qdot|^2``, with ``a`` the
+executed action in policy units. Episodes never terminate; they end by truncation at the horizon.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robot_sac.configs import ArmReachConfig
+from robot_sac.kinematics import ForwardKinematics
+from robot_sac.spec import RobotSpec, RobotState
+
+_MAX_SAMPLE_TRIES = 10_000
+
+
+class ArmReach:
+    """The reach task for any serial arm described by a `RobotSpec`."""
+
+    def __init__(self, spec: RobotSpec, config: ArmReachConfig) -> None:
+        """Build the task; targets are sampled by forward kinematics, so they are reachable."""
+        self.spec = spec
+        self.config = config
+        self.fk = ForwardKinematics(spec)
+        self._target = self.fk.end_effector_m(spec.home_rad)
+        joints = spec.joint_names
+        self._names = (
+            *(f"position_rad/{j}" for j in joints),
+            *(f"velocity_rad_s/{j}" for j in joints),
+            *(f"command_rad/{j}" for j in joints),
+            *(f"end_effector_m/{a}" for a in "xyz"),
+            *(f"target_m/{a}" for a in "xyz"),
+        )
+        self._reach_m = self._max_reach_m()
+
+    def _max_reach_m(self) -> float:
+        """An upper bound on |end effector| over all poses: the sum of the chain's link lengths."""
+        links = [np.linalg.norm(j.origin_xyz_m) for j in self.spec.joints]
+        return float(sum(links) + np.linalg.norm(self.spec.tool_offset_m))
+
+    @property
+    def observation_names(self) -> tuple[str, ...]:
+        """One name per observation dimension (``quantity_unit/joint-or-axis``)."""
+        return self._names
+
+    @property
+    def target_m(self) -> np.ndarray:
+        """The current target position, shape (3,), metres."""
+        return self._target.copy()
+
+    def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Hard limits ± tolerance, the measured-speed bound, and the reach sphere's box."""
+        s = self.spec
+        tol = s.position_tolerance_rad
+        vmax = np.full(s.dof, s.measured_velocity_limit_rad_s)
+        reach = np.full(3, self._reach_m)
+        low = np.concatenate([s.lower_rad - tol, -vmax, s.lower_rad, -reach, -reach])
+        high = np.concatenate([s.upper_rad + tol, vmax, s.upper_rad, reach, reach])
+        return low, high
+
+    def reset(self, rng: np.random.Generator, state: RobotState) -> None:
+        """Sample a target: FK of a uniform pose inside the soft limits, above the table, off the base."""
+        s, c = self.spec, self.config
+        for _ in range(_MAX_SAMPLE_TRIES):
+            q = rng.uniform(s.soft_lower_rad, s.soft_upper_rad)
+            p = self.fk.end_effector_m(q)
+            if p[2] >= c.target_min_height_m and np.hypot(p[0], p[1]) >= c.target_min_radius_m:
+                self._target = p
+                return
+        raise RuntimeError(
+            f"no reachable target above {c.target_min_height_m} m and beyond {c.target_min_radius_m} m "
+            f"from the base in {_MAX_SAMPLE_TRIES} samples; relax target_min_height_m/target_min_radius_m"
+        )
+
+    def distance_m(self, state: RobotState) -> float:
+        """Distance from the end effector to the target, metres."""
+        return float(np.linalg.norm(self.fk.end_effector_m(state.position_rad) - self._target))
+
+    def observation(self, state: RobotState, command_rad: np.ndarray) -> np.ndarray:
+        """The raw observation, shape (4·dof + 6,), float64."""
+        ee = self.fk.end_effector_m(state.position_rad)
+        return np.concatenate([state.position_rad, state.velocity_rad_s, command_rad, ee, self._target])
+
+    def reward(self, state: RobotState, executed_action: np.ndarray) -> float:
+        """Dense reward: negative distance with small action and speed penalties."""
+        c = self.config
+        a = np.asarray(executed_action, dtype=np.float64)
+        return float(
+            -self.distance_m(state)
+            - c.action_penalty * float(a @ a)
+            - c.velocity_penalty * float(state.velocity_rad_s @ state.velocity_rad_s)
+        )
+
+    def terminated(self, state: RobotState) -> bool:
+        """Reaching has no terminal state: success does not end the episode."""
+        return False
+
+    def metrics(self, state: RobotState) -> dict[str, float | bool]:
+        """``success`` (within the threshold) and ``distance_m``."""
+        d = self.distance_m(state)
+        return {"success": bool(d <= self.config.success_threshold_m), "distance_m": d}
+
+    def markers_m(self) -> list[np.ndarray]:
+        """The target."""
+        return [self._target.copy()]

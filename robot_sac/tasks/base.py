@@ -1,0 +1,63 @@
+"""The task contract: how a robot state becomes an observation, a reward and an episode end."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from robot_sac.spec import RobotState
+
+
+class Task(Protocol):
+    """A task over any backend. Pure numpy; the same task object serves sim and hardware.
+
+    Contract:
+
+    - ``observation_names`` has one entry per observation dimension, in order.
+    - ``observation_bounds()`` returns ``(low, high)``, float64 arrays of shape ``(obs_dim,)``,
+      the physically plausible range. The env rejects a measurement outside it as a fault
+      (`ObservationOutOfBounds`) and uses it as the observation space.
+    - ``reset(rng, state)`` starts an episode from the measured ``state``; all randomness comes
+      from ``rng`` (seeded runs repeat exactly).
+    - ``observation(state, command_rad)`` is the raw (unnormalized) observation, float64,
+      shape ``(obs_dim,)``; ``command_rad`` is the target the robot currently holds.
+    - ``reward(state, executed_action)`` scores the transition into ``state`` under the action
+      actually executed (policy units, after the safety filter).
+    - ``terminated(state)`` is True only for true task terminals, never for time limits or faults.
+    - ``metrics(state)`` returns per-step values for ``info`` (``success`` among them).
+    - ``markers_m()`` returns points worth drawing in a render (the target), each shape (3,) in m.
+    """
+
+    @property
+    def observation_names(self) -> tuple[str, ...]:
+        """One name per observation dimension."""
+        ...
+
+    def observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Physically plausible (low, high) of the raw observation."""
+        ...
+
+    def reset(self, rng: np.random.Generator, state: RobotState) -> None:
+        """Start an episode (e.g. sample a goal)."""
+        ...
+
+    def observation(self, state: RobotState, command_rad: np.ndarray) -> np.ndarray:
+        """The raw observation, shape (obs_dim,), float64."""
+        ...
+
+    def reward(self, state: RobotState, executed_action: np.ndarray) -> float:
+        """Reward of the transition into ``state``."""
+        ...
+
+    def terminated(self, state: RobotState) -> bool:
+        """Whether ``state`` is a true terminal of the task."""
+        ...
+
+    def metrics(self, state: RobotState) -> dict[str, float | bool]:
+        """Per-step values for ``info``; includes ``success``."""
+        ...
+
+    def markers_m(self) -> list[np.ndarray]:
+        """Points to draw in renders, each shape (3,), metres."""
+        ...
