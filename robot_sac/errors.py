@@ -106,6 +106,13 @@ class NonFiniteAction(SafetyViolation):
     """An action or target holds NaN or inf. It is never clipped into a command."""
 
 
+class ActionOutOfRange(SafetyViolation):
+    """A finite action so far outside the action space that the policy must be broken (e.g. 1e9).
+
+    Small excursions are clipped; this is for values beyond ``SafetyConfig.max_abs_action``.
+    """
+
+
 class NonFiniteObservation(SafetyViolation):
     """A measured quantity holds NaN or inf."""
 

@@ -83,8 +83,11 @@ def make_arm_reach_env(
 ) -> gym.Env[np.ndarray, np.ndarray]:
     """Gymnasium entry point of ``robot_sac/ArmReach-v0``: the default arm in PyBullet.
 
-    ``gymnasium.make("robot_sac/ArmReach-v0", config_path=..., overrides=("task.horizon_steps=50",))``
-    selects another config or overrides keys, validated like the CLI's ``--set``.
+    The registered env returns raw observations (``normalization.enabled=false`` is applied
+    before the caller's overrides): other libraries bring their own normalization, and a running
+    normalizer would make seeded resets non-repeatable, which ``check_env`` rightly rejects.
+    ``gymnasium.make(ARM_REACH_ID, config_path=..., overrides=("task.horizon_steps=50",))`` selects
+    another config or overrides keys, validated like the CLI's ``--set``.
     """
-    config, spec = load_env_stack_config(config_path, tuple(overrides))
+    config, spec = load_env_stack_config(config_path, ("normalization.enabled=false", *overrides))
     return make_env(config, make_sim_backend(config, spec), render_mode=render_mode)

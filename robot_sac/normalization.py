@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -61,6 +62,13 @@ class RunningMeanStd:
         """Population variance, shape (dim,); zeros before any sample."""
         return self.m2 / self.count if self.count else np.zeros_like(self.m2)
 
+    def add(self, x: np.ndarray) -> None:
+        """Fold one finite sample of shape (dim,) in place (Welford's update, the merge with n=1)."""
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (x - self.mean)
+
     def merge(self, other: RunningMeanStd) -> RunningMeanStd:
         """Statistics of both sample sets together (Chan, Golub & LeVeque 1979)."""
         if other.count == 0:
@@ -102,6 +110,12 @@ class ObservationNormalizer:
         if self.frozen:
             return
         x = np.asarray(observations, dtype=np.float64).reshape(-1, self.dim)
+        if x.shape[0] == 1:
+            if np.isfinite(x).all():
+                self.stats.add(x[0])
+            else:
+                self.rejected += 1
+            return
         finite = np.isfinite(x).all(axis=1)
         self.rejected += int((~finite).sum())
         if finite.any():
@@ -197,7 +211,9 @@ class ObservationNormalizer:
         try:
             with np.load(Path(path), allow_pickle=False) as data:
                 return cls.from_arrays({k: data[k] for k in data.files})
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as err:
+            # A truncated or bit-flipped .npz raises BadZipFile (bad CRC, no central directory), an
+            # empty file EOFError; neither is an OSError.
             raise StorageError(f"could not load normalizer stats from {path}: {err}") from err
 
 

@@ -4,9 +4,11 @@ Stages, in order (SAFETY.md rows 9-11, ARCHITECTURE.md):
 
 1. **Finite check** — any NaN or inf in the action is a `NonFiniteAction` fault. It is never
    clipped into a command (``np.clip`` passes NaN through; PyBullet is poisoned by one NaN target
-   for good, and real servo stacks drive NaN to an end stop). The decision is a hold of the last
-   safe command.
-2. **Action-space clip** (actions only) — the policy acts in [-1, 1]^dof.
+   for good, and real servo stacks drive NaN to an end stop). An action beyond
+   ``max_abs_action`` (e.g. 1e9) is an `ActionOutOfRange` fault: a policy that outputs it is
+   broken, and clipping would hide that. A fault's decision is a hold of the last safe command.
+2. **Action-space clip** (actions only) — the policy acts in [-1, 1]^dof; small excursions are
+   clipped and counted.
 3. **Soft limits** — targets stay ``soft_margin_rad`` inside the hard joint limits.
 4. **Rate limit** — ``|target - last_command| <= max_step_rad`` per tick. The last command is
    seeded from the *measured* position at `reset`, so the first command after a reset cannot jump.
@@ -21,16 +23,21 @@ stages changed the command; it counts every clip and fault for ``info`` and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from robot_sac.config_loader import param
-from robot_sac.errors import EnvStateError, NonFiniteAction
+from robot_sac.errors import ActionOutOfRange, EnvStateError, NonFiniteAction
 from robot_sac.spec import RobotSpec
 
 CLIP_STAGES = ("action_space", "soft_limit", "rate", "velocity")
 """Names of the stages that can change a command, as used in flags and counters."""
+
+_ROUNDING_RAD = 1e-12
+"""Changes within this of a rate/velocity bound are float64 rounding (``last + step - last`` may
+exceed ``step`` by an ulp), not clips."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +47,9 @@ class SafetyConfig:
     The finite check cannot be turned off.
     """
 
+    max_abs_action: float = param(
+        100.0, ge=1.0, le=1e6, doc="an action entry beyond this magnitude is a fault, not a clip (policy units)"
+    )
     soft_limits: bool = param(True, doc="clip targets to the soft joint limits")
     rate_limit: bool = param(True, doc="limit the target change per tick to max_step_rad")
     velocity_limit: bool = param(True, doc="limit the commanded speed to max_velocity_rad_s")
@@ -76,7 +86,7 @@ class SafetyDecision:
     target_rad: np.ndarray
     executed_action: np.ndarray
     clipped: dict[str, bool] = field(default_factory=dict)
-    fault: NonFiniteAction | None = None
+    fault: NonFiniteAction | ActionOutOfRange | None = None
 
     @property
     def any_clipped(self) -> bool:
@@ -92,22 +102,37 @@ class SafetyFilter:
         self.spec = spec
         self.config = config or SafetyConfig()
         self.counts = SafetyCounts()
-        self._last: np.ndarray | None = None
-        self._velocity_delta = spec.max_velocity_rad_s * spec.dt_s
+        self._last: list[float] | None = None
+        # Per-joint bounds as Python floats: the filter runs every control tick on a handful of
+        # joints, where scalar arithmetic is several times faster than numpy calls. A disabled
+        # stage gets infinite bounds.
+        cfg, inf = self.config, float("inf")
+        self._soft_lower = spec.soft_lower_rad.tolist() if cfg.soft_limits else [-inf] * spec.dof
+        self._soft_upper = spec.soft_upper_rad.tolist() if cfg.soft_limits else [inf] * spec.dof
+        self._step = spec.max_step_rad.tolist()
+        rate = self._step if cfg.rate_limit else [inf] * spec.dof
+        velocity = (spec.max_velocity_rad_s * spec.dt_s).tolist() if cfg.velocity_limit else [inf] * spec.dof
+        # Stages 4 and 5 bound the same quantity, |target - last|, so they clip once, to the
+        # smaller bound; a stage is flagged when the requested change exceeded its bound and that
+        # bound binds (the velocity stage runs after the rate stage).
+        self._bounds = [
+            (lo, hi, step, r, v if v < r else inf, min(r, v))
+            for lo, hi, step, r, v in zip(self._soft_lower, self._soft_upper, self._step, rate, velocity)
+        ]
 
     @property
     def last_command_rad(self) -> np.ndarray:
         """The last commanded target (the hold target), shape (dof,)."""
         if self._last is None:
             raise EnvStateError("SafetyFilter used before reset(measured_position_rad)")
-        return self._last.copy()
+        return np.array(self._last)
 
     def reset(self, measured_position_rad: np.ndarray) -> None:
         """Seed the rate limiter from the measured position (clamped into the hard limits)."""
         measured = np.asarray(measured_position_rad, dtype=np.float64)
         if measured.shape != (self.spec.dof,) or not np.isfinite(measured).all():
             raise NonFiniteAction(f"cannot seed the safety filter from measured position {measured!r}")
-        self._last = np.clip(measured, self.spec.lower_rad, self.spec.upper_rad)
+        self._last = np.clip(measured, self.spec.lower_rad, self.spec.upper_rad).tolist()
 
     def hold(self) -> SafetyDecision:
         """A decision that re-commands the last safe target."""
@@ -116,54 +141,72 @@ class SafetyFilter:
 
     def from_action(self, action: np.ndarray) -> SafetyDecision:
         """Filter a policy action in [-1, 1]^dof meaning a joint-target delta of ``action * max_step_rad``."""
-        a = self._as_vector(action)
-        if not np.isfinite(a).all():
-            return self._fault(a, "action")
-        clipped_a = np.clip(a, -1.0, 1.0)
-        target = self.last_command_rad + clipped_a * self.spec.max_step_rad
-        return self._limit(target, action_space_clipped=bool((clipped_a != a).any()))
+        values = self._as_list(action)
+        limit = self.config.max_abs_action
+        if not all(-limit <= x <= limit for x in values):  # False for NaN too
+            return self._fault(values, "action")
+        clipped = [min(max(x, -1.0), 1.0) for x in values]
+        targets = [last + x * step for last, x, step in zip(self._require_last(), clipped, self._step)]
+        return self._limit(targets, action_space_clipped=clipped != values)
 
     def from_target(self, target_rad: np.ndarray) -> SafetyDecision:
         """Filter an absolute joint target in rad (homing, absolute-position policies)."""
-        t = self._as_vector(target_rad)
-        if not np.isfinite(t).all():
-            return self._fault(t, "target")
-        return self._limit(t, action_space_clipped=False)
+        values = self._as_list(target_rad)
+        if not all(math.isfinite(x) for x in values):
+            return self._fault(values, "target")
+        return self._limit(values, action_space_clipped=False)
 
     # --- stages ---------------------------------------------------------------------------------
 
-    def _as_vector(self, x: np.ndarray) -> np.ndarray:
+    def _require_last(self) -> list[float]:
+        if self._last is None:
+            raise EnvStateError("SafetyFilter used before reset(measured_position_rad)")
+        return self._last
+
+    def _as_list(self, x: np.ndarray) -> list[float]:
         v = np.asarray(x, dtype=np.float64)
         if v.shape != (self.spec.dof,):
             raise ValueError(f"expected shape ({self.spec.dof},), got {v.shape}")
-        return v
+        return v.tolist()
 
-    def _fault(self, value: np.ndarray, what: str) -> SafetyDecision:
+    def _fault(self, values: list[float], what: str) -> SafetyDecision:
         self.counts.faults += 1
-        decision = self.hold()
-        bad = [self.spec.joint_names[i] for i in np.flatnonzero(~np.isfinite(value))]
-        err = NonFiniteAction(f"non-finite {what} for joints {bad}: {value.tolist()}; holding the last safe target")
-        return dataclasses.replace(decision, fault=err)
+        names = self.spec.joint_names
+        err: NonFiniteAction | ActionOutOfRange
+        nonfinite = [n for n, x in zip(names, values) if not math.isfinite(x)]
+        if nonfinite:
+            err = NonFiniteAction(f"non-finite {what} for joints {nonfinite}: {values}; holding the last safe target")
+        else:
+            limit = self.config.max_abs_action
+            bad = [n for n, x in zip(names, values) if abs(x) > limit]
+            err = ActionOutOfRange(
+                f"{what} for joints {bad} beyond ±{limit}: {values}; the policy output is not "
+                "trustworthy, holding the last safe target"
+            )
+        return dataclasses.replace(self.hold(), fault=err)
 
-    def _limit(self, target: np.ndarray, *, action_space_clipped: bool) -> SafetyDecision:
-        last = self.last_command_rad
-        spec = self.spec
-        flags = {"action_space": action_space_clipped, "soft_limit": False, "rate": False, "velocity": False}
-        if self.config.soft_limits:
-            soft = np.clip(target, spec.soft_lower_rad, spec.soft_upper_rad)
-            flags["soft_limit"] = bool((soft != target).any())
-            target = soft
-        if self.config.rate_limit:
-            rated = np.clip(target, last - spec.max_step_rad, last + spec.max_step_rad)
-            flags["rate"] = bool((rated != target).any())
-            target = rated
-        if self.config.velocity_limit:
-            slowed = np.clip(target, last - self._velocity_delta, last + self._velocity_delta)
-            flags["velocity"] = bool((slowed != target).any())
-            target = slowed
+    def _limit(self, targets: list[float], *, action_space_clipped: bool) -> SafetyDecision:
+        """Stages 3-5 on finite targets, joint by joint; commits the result as the last command."""
+        last_cmd = self._require_last()
+        soft = rate = velocity = False
+        out: list[float] = []
+        executed: list[float] = []
+        for t, last, (lo, hi, step, rate_bound, velocity_bound, bound) in zip(targets, last_cmd, self._bounds):
+            if t < lo or t > hi:  # stage 3: soft joint limits
+                t = min(max(t, lo), hi)
+                soft = True
+            change = abs(t - last)
+            # A change equal to a bound up to float64 rounding is not a clip: (last + 1.0 * step) - last
+            # can exceed step by one ulp, which would count every saturated (|a| = 1) action as one.
+            rate = rate or change > rate_bound + _ROUNDING_RAD  # stage 4: per-tick step
+            velocity = velocity or change > velocity_bound + _ROUNDING_RAD  # stage 5: commanded speed
+            if change > bound + _ROUNDING_RAD:
+                t = last + bound if t > last else last - bound
+            out.append(t)
+            executed.append((t - last) / step)
+        flags = {"action_space": action_space_clipped, "soft_limit": soft, "rate": rate, "velocity": velocity}
         for stage, hit in flags.items():
             if hit:
                 setattr(self.counts, stage, getattr(self.counts, stage) + 1)
-        executed = ((target - last) / spec.max_step_rad).astype(np.float32)
-        self._last = target.copy()
-        return SafetyDecision(target, executed, flags)
+        self._last = out
+        return SafetyDecision(np.array(out), np.array(executed, dtype=np.float32), flags)

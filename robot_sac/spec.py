@@ -6,7 +6,6 @@ simulator and the hardware driver all agree on. Units are SI; angles in rad, joi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -188,7 +187,6 @@ class RobotState:
 
     def __post_init__(self) -> None:
         """Freeze the arrays so that a state can be shared without copies."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, np.ndarray):
-                value.flags.writeable = False
+        self.position_rad.flags.writeable = False
+        self.velocity_rad_s.flags.writeable = False
+        self.effort_nm.flags.writeable = False

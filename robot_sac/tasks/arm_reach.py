@@ -11,6 +11,8 @@ executed action in policy units. Episodes never terminate; they end by truncatio
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from robot_sac.configs import ArmReachConfig
@@ -38,6 +40,15 @@ class ArmReach:
             *(f"target_m/{a}" for a in "xyz"),
         )
         self._reach_m = self._max_reach_m()
+        self._fk_cache: tuple[RobotState | None, np.ndarray] = (None, self._target)
+
+    def end_effector_m(self, state: RobotState) -> np.ndarray:
+        """End-effector position of ``state``, shape (3,); computed once per state (hot path)."""
+        cached_state, ee = self._fk_cache
+        if cached_state is not state:
+            ee = self.fk.end_effector_m(state.position_rad)
+            self._fk_cache = (state, ee)
+        return ee
 
     def _max_reach_m(self) -> float:
         """An upper bound on |end effector| over all poses: the sum of the chain's link lengths."""
@@ -80,11 +91,12 @@ class ArmReach:
 
     def distance_m(self, state: RobotState) -> float:
         """Distance from the end effector to the target, metres."""
-        return float(np.linalg.norm(self.fk.end_effector_m(state.position_rad) - self._target))
+        dx, dy, dz = (self.end_effector_m(state) - self._target).tolist()
+        return math.sqrt(dx * dx + dy * dy + dz * dz)
 
     def observation(self, state: RobotState, command_rad: np.ndarray) -> np.ndarray:
         """The raw observation, shape (4·dof + 6,), float64."""
-        ee = self.fk.end_effector_m(state.position_rad)
+        ee = self.end_effector_m(state)
         return np.concatenate([state.position_rad, state.velocity_rad_s, command_rad, ee, self._target])
 
     def reward(self, state: RobotState, executed_action: np.ndarray) -> float:
