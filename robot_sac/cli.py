@@ -104,8 +104,8 @@ def _fault_demo(env: Any, seed: int) -> dict[str, Any]:
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415 - the CLI's optional display dependency
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     config, spec = load_env_stack_config(args.config, tuple(args.overrides))
     env = make_env(config, make_sim_backend(config, spec), render_mode="rgb_array")
@@ -136,15 +136,18 @@ def _rollout(args: argparse.Namespace) -> int:
     }
     _write_report(args.out, summary, frame)
     console.print(table)
-    console.print(f"success rate {summary['success_rate']:.0%}, {summary['env_steps_per_s']:.0f} env steps/s "
-                  f"(IK controller included); NaN action -> {demo['fault']}, truncated={demo['truncated']}, "
-                  f"state finite={demo['state_finite']}, reset after fault ok={demo['reset_after_fault_ok']}")  # fmt: skip
+    console.print(
+        f"success rate {summary['success_rate']:.0%}, {summary['env_steps_per_s']:.0f} env steps/s "
+        "(IK controller included)\n"
+        f"NaN action -> fault {demo['fault']}, truncated={demo['truncated']}, "
+        f"state finite={demo['state_finite']}, reset after the fault ok={demo['reset_after_fault_ok']}"
+    )
     console.print(f"report: {args.out}/summary.json, {args.out}/final_frame.png")
     return 0
 
 
 def _write_report(out: Path, summary: dict[str, Any], frame: np.ndarray | None) -> None:
-    from PIL import Image  # noqa: PLC0415 - only the report needs Pillow
+    from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

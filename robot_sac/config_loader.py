@@ -77,10 +77,14 @@ StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-
 
 def parse_yaml(text: str, source: str = "<string>") -> Any:
     """Parse YAML text strictly (duplicate keys rejected, YAML 1.2 floats)."""
+    loader = StrictLoader(text)
+    loader.name = source  # marks in duplicate-key and parser errors name the file, not "<unicode string>"
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+        return loader.get_single_data()
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}") from err
+    finally:
+        loader.dispose()
 
 
 def read_yaml_file(path: str | Path) -> dict[str, Any]:
@@ -193,7 +197,9 @@ def _convert(value: Any, tp: Any, meta: Mapping[str, Any], path: str, source: st
             if len(value) != len(args):
                 raise ConfigError(f"{_where(path, source)} must have {len(args)} elements, got {len(value)}")
             item_types = list(args)
-        return tuple(_convert(v, t, meta, f"{path}[{i}]", source) for i, (v, t) in enumerate(zip(value, item_types)))
+        return tuple(
+            _convert(v, t, meta, f"{path}[{i}]", source) for i, (v, t) in enumerate(zip(value, item_types, strict=True))
+        )
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

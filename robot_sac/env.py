@@ -51,15 +51,15 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 50}  # noqa: RUF012 - gymnasium API
 
-    def __init__(
-        self, backend: RobotBackend, task: Task, safety: SafetyFilter, render_mode: str | None = None
-    ) -> None:
+    def __init__(self, backend: RobotBackend, task: Task, safety: SafetyFilter, render_mode: str | None = None) -> None:
         """Compose the env; nothing is connected until the first `reset`."""
         spec = backend.spec
         if safety.spec is not spec and safety.spec != spec:
             raise ValueError("the safety filter and the backend must use the same RobotSpec")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']}")
+            raise ValueError(
+                f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']}"
+            )
         if render_mode == "rgb_array" and not callable(getattr(backend, "render_rgb", None)):
             raise ValueError(f"{type(backend).__name__} cannot render; use a simulator backend for render_mode")
         self.backend = backend

@@ -61,7 +61,7 @@ class ForwardKinematics:
         """End-effector position in the base frame, shape (3,), metres, for joint positions (dof,)."""
         rot = _IDENTITY
         px = py = pz = 0.0
-        for (origin, k, k2), q in zip(self._chain, np.asarray(position_rad, dtype=np.float64).tolist()):
+        for (origin, k, k2), q in zip(self._chain, np.asarray(position_rad, dtype=np.float64).tolist(), strict=True):
             dx, dy, dz = _apply(rot, origin)
             px, py, pz = px + dx, py + dy, pz + dz
             s, t = math.sin(q), 1.0 - math.cos(q)

@@ -13,13 +13,14 @@ default PyBullet arm. PyBullet is imported only when that entry point runs.
 from __future__ import annotations
 
 from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
 from robot_sac.backend import RobotBackend
+from robot_sac.config_loader import apply_overrides, from_mapping, to_mapping
 from robot_sac.configs import EnvConfig, load_env_config
-from robot_sac.config_loader import from_mapping, apply_overrides, to_mapping
 from robot_sac.env import RobotEnv
 from robot_sac.normalization import NormalizeObservation, ObservationNormalizer
 from robot_sac.safety import SafetyFilter
@@ -60,7 +61,7 @@ def make_env(
 
 def make_sim_backend(config: EnvConfig, spec: RobotSpec) -> RobotBackend:
     """The PyBullet backend for ``spec`` (imports pybullet)."""
-    from sim.pybullet_backend import PyBulletBackend  # noqa: PLC0415 - keep pybullet off the deploy path
+    from sim.pybullet_backend import PyBulletBackend
 
     return PyBulletBackend(spec, config.sim)
 

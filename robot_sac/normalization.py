@@ -173,7 +173,9 @@ class ObservationNormalizer:
             raise StorageError(f"normalizer format version {version} is not supported (expected {_FORMAT_VERSION})")
         mean = np.asarray(arrays["mean"], dtype=np.float64)
         norm = cls(mean.shape[0], float(arrays["clip_sigma"]), float(arrays["epsilon"]))
-        norm.stats = RunningMeanStd(int(arrays["count"]), mean.copy(), np.asarray(arrays["m2"], dtype=np.float64).copy())
+        norm.stats = RunningMeanStd(
+            int(arrays["count"]), mean.copy(), np.asarray(arrays["m2"], dtype=np.float64).copy()
+        )
         norm.frozen = bool(arrays["frozen"])
         return norm
 

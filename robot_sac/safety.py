@@ -117,7 +117,7 @@ class SafetyFilter:
         # bound binds (the velocity stage runs after the rate stage).
         self._bounds = [
             (lo, hi, step, r, v if v < r else inf, min(r, v))
-            for lo, hi, step, r, v in zip(self._soft_lower, self._soft_upper, self._step, rate, velocity)
+            for lo, hi, step, r, v in zip(self._soft_lower, self._soft_upper, self._step, rate, velocity, strict=True)
         ]
 
     @property
@@ -146,7 +146,7 @@ class SafetyFilter:
         if not all(-limit <= x <= limit for x in values):  # False for NaN too
             return self._fault(values, "action")
         clipped = [min(max(x, -1.0), 1.0) for x in values]
-        targets = [last + x * step for last, x, step in zip(self._require_last(), clipped, self._step)]
+        targets = [last + x * step for last, x, step in zip(self._require_last(), clipped, self._step, strict=True)]
         return self._limit(targets, action_space_clipped=clipped != values)
 
     def from_target(self, target_rad: np.ndarray) -> SafetyDecision:
@@ -173,12 +173,12 @@ class SafetyFilter:
         self.counts.faults += 1
         names = self.spec.joint_names
         err: NonFiniteAction | ActionOutOfRange
-        nonfinite = [n for n, x in zip(names, values) if not math.isfinite(x)]
+        nonfinite = [n for n, x in zip(names, values, strict=True) if not math.isfinite(x)]
         if nonfinite:
             err = NonFiniteAction(f"non-finite {what} for joints {nonfinite}: {values}; holding the last safe target")
         else:
             limit = self.config.max_abs_action
-            bad = [n for n, x in zip(names, values) if abs(x) > limit]
+            bad = [n for n, x in zip(names, values, strict=True) if abs(x) > limit]
             err = ActionOutOfRange(
                 f"{what} for joints {bad} beyond ±{limit}: {values}; the policy output is not "
                 "trustworthy, holding the last safe target"
@@ -191,7 +191,9 @@ class SafetyFilter:
         soft = rate = velocity = False
         out: list[float] = []
         executed: list[float] = []
-        for t, last, (lo, hi, step, rate_bound, velocity_bound, bound) in zip(targets, last_cmd, self._bounds):
+        for t, last, (lo, hi, step, rate_bound, velocity_bound, bound) in zip(
+            targets, last_cmd, self._bounds, strict=True
+        ):
             if t < lo or t > hi:  # stage 3: soft joint limits
                 t = min(max(t, lo), hi)
                 soft = True

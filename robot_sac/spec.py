@@ -85,7 +85,11 @@ class RobotSpec:
         unit="m", ge=-1.0, le=1.0, doc="end-effector point in the last joint's frame"
     )
     position_tolerance_rad: float = param(
-        0.05, unit="rad", ge=0.0, le=0.5, doc="how far past a hard limit a measured position may read before it is a fault"
+        0.05,
+        unit="rad",
+        ge=0.0,
+        le=0.5,
+        doc="how far past a hard limit a measured position may read before it is a fault",
     )
     measured_velocity_limit_rad_s: float = param(
         12.0, unit="rad/s", gt=0.0, le=100.0, doc="a measured joint speed above this is a sensor or physics fault"

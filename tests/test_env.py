@@ -125,7 +125,7 @@ def test_backend_fault_truncates_without_a_fresh_observation(arm4_spec: RobotSpe
     env = _fake_env(arm4_spec, FaultyBackend(arm4_spec, at_step=5, fault=CommTimeout("servo 3 silent")))
     env.reset(seed=0)
     for _ in range(4):
-        obs, _, _, _, info = env.step(np.full(4, 0.3, dtype=np.float32))
+        _, _, _, _, info = env.step(np.full(4, 0.3, dtype=np.float32))
     last_raw = info["raw_observation"]
     _, reward, terminated, truncated, info = env.step(np.full(4, 0.3, dtype=np.float32))
     assert truncated and not terminated and reward == 0.0
@@ -199,8 +199,7 @@ def test_seeded_episodes_repeat_exactly(arm4_spec: RobotSpec) -> None:
         env = _fake_env(arm4_spec)
         env.action_space.seed(5)
         rows = [env.reset(seed=5)[1]["raw_observation"]]
-        for _ in range(20):
-            rows.append(env.step(env.action_space.sample())[4]["raw_observation"])
+        rows += [env.step(env.action_space.sample())[4]["raw_observation"] for _ in range(20)]
         return np.stack(rows)
 
     assert np.array_equal(run(), run())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
@@ -36,8 +37,8 @@ def make(arm4_spec: RobotSpec) -> Iterator:
     """Factory of connected backends, all closed at teardown."""
     made: list[PyBulletBackend] = []
 
-    def factory(config: SimConfig = SimConfig()) -> PyBulletBackend:
-        backend = PyBulletBackend(arm4_spec, config)
+    def factory(config: SimConfig | None = None) -> PyBulletBackend:
+        backend = PyBulletBackend(arm4_spec, config or SimConfig())
         backend.connect()
         made.append(backend)
         return backend
@@ -74,6 +75,13 @@ def _xyz(element: ET.Element | None, attr: str = "xyz") -> tuple[float, ...]:
     return tuple(float(v) for v in element.attrib[attr].split())
 
 
+def _attr(element: ET.Element, path: str, attr: str) -> str:
+    """The attribute ``attr`` of the sub-element at ``path`` (which must exist)."""
+    found = element.find(path)
+    assert found is not None, path
+    return found.attrib[attr]
+
+
 def test_urdf_joints_equal_the_yaml(arm4_spec: RobotSpec) -> None:
     robot = ET.parse(URDF).getroot()
     revolute = [j for j in robot.iter("joint") if j.attrib["type"] == "revolute"]
@@ -90,11 +98,11 @@ def test_urdf_joints_equal_the_yaml(arm4_spec: RobotSpec) -> None:
         assert float(limit.attrib["velocity"]) == NO_LOAD_SPEED_RAD_S[spec.name]
         assert float(dynamics.attrib["damping"]) == NOMINAL_JOINT_DAMPING_NM_S_RAD
     # the chain: each revolute joint's child is the next one's parent, ending in the fixed tool link
-    for parent, child in zip(revolute, revolute[1:], strict=False):
-        assert child.find("parent").attrib["link"] == parent.find("child").attrib["link"]  # type: ignore[union-attr]
-    tool = next(j for j in robot.iter("joint") if j.find("child").attrib["link"] == "tool_link")  # type: ignore[union-attr]
+    for parent, child in itertools.pairwise(revolute):
+        assert _attr(child, "parent", "link") == _attr(parent, "child", "link")
+    tool = next(j for j in robot.iter("joint") if _attr(j, "child", "link") == "tool_link")
     assert tool.attrib["type"] == "fixed"
-    assert tool.find("parent").attrib["link"] == revolute[-1].find("child").attrib["link"]  # type: ignore[union-attr]
+    assert _attr(tool, "parent", "link") == _attr(revolute[-1], "child", "link")
     assert _xyz(tool.find("origin")) == arm4_spec.tool_offset_m
 
 
@@ -108,7 +116,7 @@ def test_urdf_inertias_match_their_shapes() -> None:
             continue
         inertial, collision = link.find("inertial"), link.find("collision")
         assert inertial is not None and collision is not None
-        m = float(inertial.find("mass").attrib["value"])  # type: ignore[union-attr]
+        m = float(_attr(inertial, "mass", "value"))
         assert m == expected_mass_kg[name]
         assert _xyz(inertial.find("origin")) == _xyz(collision.find("origin"))
         geometry = collision.find("geometry")
@@ -301,9 +309,9 @@ def test_latency_delays_the_response_by_whole_periods(make, arm4_spec: RobotSpec
     # exactly the nominal robot commanded [home] * k + targets.
     delayed = np.vstack([np.tile(arm4_spec.home_rad, (latency, 1)), targets[:-latency]])
     assert np.array_equal(got, trajectory(make(), 0, delayed))
-    dof = arm4_spec.dof
-    np.testing.assert_allclose(got[1 : latency + 1, :dof], np.tile(arm4_spec.home_rad, (latency, 1)), atol=1e-4)
-    assert np.abs(got[latency + 1, :dof] - arm4_spec.home_rad).max() > 0.5 * np.abs(targets[0] - arm4_spec.home_rad).max()
+    moved = np.abs(got[:, : arm4_spec.dof] - arm4_spec.home_rad).max(axis=1)
+    assert (moved[1 : latency + 1] < 1e-4).all()
+    assert moved[latency + 1] > 0.5 * np.abs(targets[0] - arm4_spec.home_rad).max()
 
 
 # --- domain randomization -------------------------------------------------------------------------
@@ -330,12 +338,13 @@ def test_enabled_randomization_differs_across_seeds_and_stays_in_range(make, arm
         assert s.dof == arm4_spec.dof
         for field in dataclasses.fields(DynamicsSample):
             low, high = getattr(config, field.name)
-            assert np.all(low <= np.asarray(getattr(s, field.name))) and np.all(np.asarray(getattr(s, field.name)) <= high)
+            value = np.asarray(getattr(s, field.name))
+            assert np.all(low <= value) and np.all(value <= high), field.name
     again = sample_dynamics(config, np.random.default_rng(0), arm4_spec.dof)
     assert again == samples[0]  # reset(seed) draws from np.random.default_rng(seed)
 
 
-def test_the_sample_reaches_the_physics(make) -> None:
+def test_the_sample_reaches_the_physics(make, arm4_spec: RobotSpec) -> None:
     nominal_backend, backend = make(), make(RANDOMIZED)
     nominal_backend.reset(0)
     backend.reset(4)
@@ -346,8 +355,12 @@ def test_the_sample_reaches_the_physics(make) -> None:
         assert info[0] == pytest.approx(mass0[0] * sample.link_mass_scale[link], rel=1e-12)
         np.testing.assert_allclose(info[2], np.array(mass0[2]) * sample.link_mass_scale[link], rtol=1e-12)
         assert info[1] == pytest.approx(sample.lateral_friction, rel=1e-12)
-        joint = pb.getJointInfo(backend.body_id, link, physicsClientId=client)
-        assert joint[6] == pytest.approx(sample.joint_damping_nm_s_rad[link], rel=1e-12)
+    # getJointInfo reports the URDF's damping, not changeDynamics's: check damping, gains, speed by effect.
+    targets = random_walk(arm4_spec, 8, 15)
+    reference = trajectory(nominal_backend, 0, targets)
+    for values in ({"joint_damping_nm_s_rad": 0.5}, {"actuator_gain_scale": 0.7}, {"max_velocity_scale": 0.1}):
+        changed = make(SimConfig(randomization=_fixed(RandomizationConfig(), **values)))
+        assert not np.allclose(trajectory(changed, 0, targets), reference, rtol=0, atol=1e-4), values
 
 
 def test_dynamics_sample_validates() -> None:

@@ -1,0 +1,132 @@
+"""Env step throughput for ArmReach on one core: raw PyBullet backend vs the full env stack.
+
+Prints steps/s for
+  1. the raw backend (``PyBulletBackend.step`` with precomputed safe targets) — the baseline,
+  2. ``RobotEnv`` alone (safety filter + task + validation, no gymnasium wrappers),
+  3. the full stack from ``make_env`` (RobotEnv -> TimeLimit -> NormalizeObservation),
+and the ratios between them, all measured in this run. The same three layers over the numpy
+``FakeBackend`` isolate the stack's own cost in µs per step.
+
+Targets (issue 2): >= 2,000 full-stack steps/s on one core; stack overhead <= 10 % of the raw
+backend's step time. Each figure is the best of ``--repeats`` runs (these machines are noisy).
+
+Usage: python bench/env_step.py [--steps 5000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from robot_sac.configs import EnvConfig
+from robot_sac.env import RobotEnv
+from robot_sac.fake_backend import FakeBackend
+from robot_sac.make_env import load_env_stack_config, make_env, make_sim_backend
+from robot_sac.safety import SafetyFilter
+from robot_sac.spec import RobotSpec
+from robot_sac.tasks import ArmReach
+
+
+def _pin_to_one_core() -> str:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if hasattr(os, "sched_setaffinity"):
+        core = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
+        return f"pinned to core {core}"
+    return "not pinned (no sched_setaffinity)"
+
+
+def _best_rate(run: Callable[[], None], steps: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return steps / best
+
+
+def _raw_backend(backend, spec: RobotSpec, steps: int, horizon: int) -> Callable[[], None]:
+    rng = np.random.default_rng(0)
+    deltas = rng.uniform(-1, 1, (steps, spec.dof)) * spec.max_step_rad
+    backend.connect()
+
+    def run() -> None:
+        target = backend.reset(seed=0).position_rad.copy()
+        for i in range(steps):
+            if i % horizon == horizon - 1:
+                target = backend.reset(seed=i).position_rad.copy()
+            target = np.clip(target + deltas[i], spec.soft_lower_rad, spec.soft_upper_rad)
+            backend.step(target)
+
+    return run
+
+
+def _env(env, steps: int) -> Callable[[], None]:
+    actions = np.random.default_rng(0).uniform(-1, 1, (steps, env.action_space.shape[0])).astype(np.float32)
+
+    def run() -> None:
+        env.reset(seed=0)
+        for i in range(steps):
+            _, _, terminated, truncated, _ = env.step(actions[i])
+            if terminated or truncated:
+                env.reset()
+
+    return run
+
+
+def _measure(make_backend: Callable[[], object], config: EnvConfig, spec: RobotSpec, steps: int, repeats: int):
+    horizon = config.task.horizon_steps
+    raw = _best_rate(_raw_backend(make_backend(), spec, steps, horizon), steps, repeats)
+    bare = RobotEnv(make_backend(), ArmReach(spec, config.task), SafetyFilter(spec, config.safety))
+    robot_env = _best_rate(_wrap_time_limit_free(bare, steps, horizon), steps, repeats)
+    full = _best_rate(_env(make_env(config, make_backend()), steps), steps, repeats)
+    return raw, robot_env, full
+
+
+def _wrap_time_limit_free(env: RobotEnv, steps: int, horizon: int) -> Callable[[], None]:
+    actions = np.random.default_rng(0).uniform(-1, 1, (steps, env.action_space.shape[0])).astype(np.float32)
+
+    def run() -> None:
+        env.reset(seed=0)
+        for i in range(steps):
+            env.step(actions[i])
+            if i % horizon == horizon - 1:
+                env.reset()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    pinned = _pin_to_one_core()
+    config, spec = load_env_stack_config()
+    print(f"ArmReach on {spec.name}: {args.steps} steps x best of {args.repeats}, {pinned}, "
+          f"{config.sim.physics_substeps} physics substeps per {1000 * spec.dt_s:.0f} ms control period")  # fmt: skip
+
+    rows = {
+        "pybullet": _measure(lambda: make_sim_backend(config, spec), config, spec, args.steps, args.repeats),
+        "numpy fake": _measure(lambda: FakeBackend(spec), config, spec, args.steps, args.repeats),
+    }
+    print(f"{'backend':<12} {'raw steps/s':>12} {'RobotEnv':>10} {'full stack':>11} {'full/raw':>9} {'overhead':>9}")
+    for name, (raw, bare, full) in rows.items():
+        overhead = raw / full - 1.0
+        print(f"{name:<12} {raw:>12.0f} {bare:>10.0f} {full:>11.0f} {full / raw:>9.3f} {overhead:>8.1%}")
+    fake_raw, _, fake_full = rows["numpy fake"]
+    stack_us = 1e6 * (1 / fake_full - 1 / fake_raw)
+    raw, _, full = rows["pybullet"]
+    print(f"stack cost (full stack minus backend, numpy fake): {stack_us:.1f} us/step")
+    print(f"target >= 2000 full-stack steps/s: {'met' if full >= 2000 else 'MISSED'} ({full:.0f})")
+    print(f"target overhead <= 10 %: {'met' if raw / full - 1 <= 0.10 else 'MISSED'} ({raw / full - 1:.1%})")
+
+
+if __name__ == "__main__":
+    main()

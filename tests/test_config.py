@@ -1,0 +1,618 @@
+"""Strict config loading (SAFETY.md rows 23-24): bad configs fail naming the key, good ones load frozen.
+
+Every bad case goes through a real YAML file and the public loader, so the message is checked as a
+user would see it: it names the key path, the file and (where there is one) the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import subprocess
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from robot_sac.config_loader import (
+    UNIT_SUFFIXES,
+    apply_overrides,
+    config_hash,
+    from_mapping,
+    parse_yaml,
+    read_yaml_file,
+    to_mapping,
+)
+from robot_sac.configs import (
+    EnvConfig,
+    RandomizationConfig,
+    SACConfig,
+    TrainConfig,
+    load_env_config,
+    load_train_config,
+)
+from robot_sac.errors import ConfigError
+from robot_sac.spec import JointSpec, RobotSpec, load_robot_spec
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+ARM4 = CONFIG_DIR / "robots" / "arm4.yaml"
+TRAIN = CONFIG_DIR / "train" / "arm_reach.yaml"
+ENV = CONFIG_DIR / "envs" / "arm_reach.yaml"
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _arm4() -> dict[str, Any]:
+    return read_yaml_file(ARM4)
+
+
+def _write(tmp_path: Path, data: dict[str, Any] | str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _set(*keys: str | int, value: Any) -> Mutation:
+    def mutate(d: dict[str, Any]) -> None:
+        for k in keys[:-1]:
+            d = d[k]  # type: ignore[index]
+        d[keys[-1]] = value  # type: ignore[index]
+
+    return mutate
+
+
+def _delete(*keys: str | int) -> Mutation:
+    def mutate(d: dict[str, Any]) -> None:
+        for k in keys[:-1]:
+            d = d[k]  # type: ignore[index]
+        del d[keys[-1]]  # type: ignore[arg-type]
+
+    return mutate
+
+
+def _rename(*keys: str | int, to: str) -> Mutation:
+    def mutate(d: dict[str, Any]) -> None:
+        for k in keys[:-1]:
+            d = d[k]  # type: ignore[index]
+        d[to] = d.pop(keys[-1])  # type: ignore[call-overload]
+
+    return mutate
+
+
+def _both(*mutations: Mutation) -> Mutation:
+    def mutate(d: dict[str, Any]) -> None:
+        for m in mutations:
+            m(d)
+
+    return mutate
+
+
+# --- table: bad robot specs ----------------------------------------------------------------------
+# (id, mutation of configs/robots/arm4.yaml, substrings the message must contain besides the path)
+
+BAD_ROBOTS: list[tuple[str, Mutation, list[str]]] = [
+    ("typo_in_joint", _rename("joints", 1, "home_rad", to="home_rd"), ["joints[1].home_rd", "'home_rad'"]),
+    ("typo_top_level", _rename("control_hz", to="control_hertz"), ["control_hertz", "'control_hz'"]),
+    ("control_hz_zero", _set("control_hz", value=0), ["control_hz", "Hz", "> 0.0"]),
+    ("control_hz_negative", _set("control_hz", value=-50.0), ["control_hz", "Hz"]),
+    ("control_hz_too_high", _set("control_hz", value=50_000), ["control_hz", "Hz", "<= 1000.0"]),
+    ("control_hz_nan", _set("control_hz", value=math.nan), ["control_hz", "not a finite number", "Hz"]),
+    ("control_hz_inf", _set("control_hz", value=math.inf), ["control_hz", "not a finite number"]),
+    ("control_hz_minus_inf", _set("control_hz", value=-math.inf), ["control_hz", "not a finite number"]),
+    ("lower_nan", _set("joints", 0, "lower_rad", value=math.nan), ["joints[0].lower_rad", "not a finite"]),
+    (
+        "soft_margin_too_large",
+        _both(_set("joints", 2, "lower_rad", value=-0.4), _set("joints", 2, "upper_rad", value=0.5), _set("joints", 2, "soft_margin_rad", value=0.45)),
+        ["joints[2]", "soft_margin_rad 0.45 rad", "half the range"],
+    ),
+    ("home_outside_soft", _set("joints", 1, "home_rad", value=1.55), ["home_rad", "soft limits", "move home inside"]),
+    ("home_outside_hard", _set("joints", 0, "home_rad", value=-3.0), ["home_rad", "soft limits"]),
+    ("lower_equals_upper", _set("joints", 0, "lower_rad", value=2.827), ["lower_rad", "upper_rad", "below"]),
+    ("lower_above_upper", _set("joints", 3, "lower_rad", value=2.5), ["lower_rad", "upper_rad"]),
+    ("bool_for_float", _set("joints", 0, "max_step_rad", value=True), ["joints[0].max_step_rad", "must be a number"]),
+    ("bool_for_hz", _set("control_hz", value=True), ["control_hz", "must be a number", "True"]),
+    ("string_for_number", _set("control_hz", value="fifty"), ["control_hz", "must be a number", "'fifty'"]),
+    ("numeric_string", _set("joints", 0, "home_rad", value="0.0"), ["joints[0].home_rad", "must be a number"]),
+    ("null_for_float", _set("joints", 0, "home_rad", value=None), ["joints[0].home_rad", "must be a number"]),
+    ("number_for_string", _set("name", value=5), ["name", "must be a string"]),
+    ("missing_name", _delete("name"), ["missing required key 'name'"]),
+    ("missing_joint_key", _delete("joints", 2, "max_effort_nm"), ["missing required key", "joints[2].max_effort_nm"]),
+    ("velocity_off_by_1e2", _set("joints", 0, "max_velocity_rad_s", value=500), ["max_velocity_rad_s", "rad/s"]),
+    ("step_off_by_1e3", _set("joints", 0, "max_step_rad", value=40.0), ["joints[0].max_step_rad", "rad", "<= 0.5"]),
+    ("tolerance_in_degrees", _set("position_tolerance_rad", value=3.0), ["position_tolerance_rad", "rad"]),
+    ("effort_in_ncm", _set("joints", 1, "max_effort_nm", value=410.0), ["joints[1].max_effort_nm", "N·m"]),
+    ("offset_in_mm", _set("tool_offset_m", value=[126.0, 0.0, 0.0]), ["tool_offset_m[0]", " m ", "<= 1.0"]),
+    ("tuple_too_short", _set("tool_offset_m", value=[0.1, 0.0]), ["tool_offset_m", "must have 3 elements"]),
+    ("scalar_for_tuple", _set("joints", 0, "axis_xyz", value=1.0), ["joints[0].axis_xyz", "must be a list"]),
+    ("axis_not_unit", _set("joints", 0, "axis_xyz", value=[0.0, 0.5, 0.5]), ["axis_xyz", "unit vector"]),
+    ("no_joints", _set("joints", value=[]), ["joints", "at least one joint"]),
+    ("duplicate_joint_names", _set("joints", 1, "name", value="base_yaw"), ["duplicate joint names", "base_yaw"]),
+    ("joint_not_mapping", _set("joints", 0, value="base_yaw"), ["joints[0]", "must be a mapping"]),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in BAD_ROBOTS], ids=[c[0] for c in BAD_ROBOTS])
+def test_bad_robot_spec_raises_config_error_naming_the_key(
+    tmp_path: Path, mutate: Mutation, expected: list[str]
+) -> None:
+    data = _arm4()
+    mutate(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_robot_spec(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+# --- table: bad env / train configs -------------------------------------------------------------
+
+BAD_TRAIN: list[tuple[str, str, list[str]]] = [
+    ("sac_typo", "sac:\n  learnin_rate: 1e-3\n", ["sac.learnin_rate", "did you mean 'learning_rate'?"]),
+    ("section_typo", "sack:\n  gamma: 0.9\n", ["'sack'", "'sac'"]),
+    ("nested_typo", "env:\n  task:\n    horizon_step: 10\n", ["env.task.horizon_step", "'horizon_steps'"]),
+    ("lr_nan", "sac:\n  learning_rate: .nan\n", ["sac.learning_rate", "not a finite number"]),
+    ("lr_inf", "sac:\n  learning_rate: .inf\n", ["sac.learning_rate", "not a finite number"]),
+    ("lr_zero", "sac:\n  learning_rate: 0\n", ["sac.learning_rate", "> 0.0"]),
+    ("gamma_one", "sac:\n  gamma: 1.0\n", ["sac.gamma", "< 1.0"]),
+    ("bool_for_float", "sac:\n  tau: true\n", ["sac.tau", "must be a number", "True"]),
+    ("bool_for_int", "seed: true\n", ["seed", "must be an integer"]),
+    ("float_for_int", "sac:\n  batch_size: 256.0\n", ["sac.batch_size", "must be an integer"]),
+    ("string_for_number", "sac:\n  gamma: high\n", ["sac.gamma", "must be a number", "'high'"]),
+    ("quoted_number", "sac:\n  learning_rate: '3e-4'\n", ["sac.learning_rate", "must be a number"]),
+    ("tuple_item_out_of_range", "sac:\n  hidden_sizes: [256, 0]\n", ["sac.hidden_sizes[1]", ">= 1"]),
+    ("section_not_mapping", "sac: 5\n", ["sac", "must be a mapping"]),
+    ("alpha_negative", "sac:\n  alpha: -0.1\n", ["sac.alpha", "> 0.0"]),
+    ("max_abs_action_too_small", "env:\n  safety:\n    max_abs_action: 0.5\n", ["env.safety.max_abs_action", ">= 1.0"]),
+    ("seed_negative", "seed: -1\n", ["seed", ">= 0"]),
+]
+
+BAD_ENVS: list[tuple[str, str, list[str]]] = [
+    (
+        "range_backwards",
+        "sim:\n  randomization:\n    link_mass_scale: [1.2, 0.8]\n",
+        ["sim.randomization", "link_mass_scale", "[1.2, 0.8]", "[low, high]"],
+    ),
+    (
+        "int_range_backwards",
+        "sim:\n  randomization:\n    action_latency_periods: [2, 1]\n",
+        ["sim.randomization", "action_latency_periods", "[low, high]"],
+    ),
+    (
+        "range_with_three_items",
+        "sim:\n  randomization:\n    lateral_friction: [0.1, 0.2, 0.3]\n",
+        ["sim.randomization.lateral_friction", "must have 2 elements"],
+    ),
+    (
+        "noise_in_degrees",
+        "sim:\n  randomization:\n    position_noise_rad: [0.0, 2.0]\n",
+        ["sim.randomization.position_noise_rad[1]", "rad"],
+    ),
+    ("threshold_in_mm", "task:\n  success_threshold_m: 10\n", ["task.success_threshold_m", "10.0 m", "<= 0.5 m"]),
+    ("bool_as_string", "safety:\n  soft_limits: 'false'\n", ["safety.soft_limits", "must be true or false"]),
+    ("int_for_bool", "normalization:\n  enabled: 1\n", ["normalization.enabled", "must be true or false"]),
+    ("clip_inf", "normalization:\n  clip_sigma: .inf\n", ["normalization.clip_sigma", "not a finite number"]),
+    ("robot_null", "robot: null\n", ["robot", "must be a string"]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BAD_TRAIN], ids=[c[0] for c in BAD_TRAIN])
+def test_bad_train_config_raises_config_error_naming_the_key(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_train_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BAD_ENVS], ids=[c[0] for c in BAD_ENVS])
+def test_bad_env_config_raises_config_error_naming_the_key(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_env_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_range_backwards_in_randomization_config_directly() -> None:
+    with pytest.raises(ConfigError, match=r"velocity_noise_rad_s: the range \[0.02, 0.0\] is empty"):
+        RandomizationConfig(velocity_noise_rad_s=(0.02, 0.0))
+
+
+# --- YAML parsing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("name: a\ncontrol_hz: 50.0\ncontrol_hz: 100.0\n", "control_hz"),
+        ("joints:\n  - name: a\n    home_rad: 0.0\n    home_rad: 0.1\n", "home_rad"),
+        ("sac:\n  gamma: 0.9\nsac:\n  tau: 0.1\n", "sac"),
+    ],
+    ids=["top_level", "inside_joint", "whole_section"],
+)
+def test_duplicate_key_is_rejected_with_file_and_line(tmp_path: Path, text: str, key: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        read_yaml_file(path)
+    message = str(info.value)
+    assert f"duplicate key {key!r}" in message
+    assert str(path) in message
+    assert "first defined on line" in message
+    assert "Remove one of them" in message
+
+
+def test_duplicate_key_in_a_real_robot_file_fails_through_the_loader(tmp_path: Path) -> None:
+    text = ARM4.read_text(encoding="utf-8").replace("control_hz: 50.0\n", "control_hz: 50.0\ncontrol_hz: 500.0\n")
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match="duplicate key 'control_hz'"):
+        load_robot_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("literal", "value"),
+    [
+        ("1e-3", 0.001),
+        ("1E3", 1000.0),
+        ("-2.5e+2", -250.0),
+        ("+1e-3", 0.001),
+        ("3.0e-4", 3e-4),
+        (".5", 0.5),
+        ("1.", 1.0),
+        ("1_000.5", 1000.5),
+    ],
+)
+def test_yaml_1_2_floats_parse_as_float(literal: str, value: float) -> None:
+    parsed = parse_yaml(f"x: {literal}")["x"]
+    assert type(parsed) is float
+    assert parsed == value
+
+
+def test_special_floats_and_ints_keep_their_types() -> None:
+    parsed = parse_yaml("a: .nan\nb: .inf\nc: -.inf\nd: 10\ne: '1e-3'\nf: 1e3x")
+    assert math.isnan(parsed["a"])
+    assert parsed["b"] == math.inf
+    assert parsed["c"] == -math.inf
+    assert type(parsed["d"]) is int
+    assert parsed["e"] == "1e-3"  # quoted: the user asked for a string
+    assert parsed["f"] == "1e3x"
+
+
+def test_learning_rate_1e_3_loads_as_float_in_a_train_config(tmp_path: Path) -> None:
+    path = _write(tmp_path, "sac:\n  learning_rate: 1e-3\n")
+    config = load_train_config(path)
+    assert type(config.sac.learning_rate) is float
+    assert config.sac.learning_rate == 0.001
+
+
+def test_int_is_accepted_for_a_float_field_and_stored_as_float(tmp_path: Path) -> None:
+    config = load_train_config(_write(tmp_path, "sac:\n  learning_rate: 1\n"))
+    assert type(config.sac.learning_rate) is float
+    assert config.sac.learning_rate == 1.0
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "sac: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_train_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = _write(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_train_config(path)
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        load_train_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    assert load_train_config(_write(tmp_path, "# nothing\n")) == TrainConfig()
+
+
+# --- --set overrides -----------------------------------------------------------------------------
+
+
+def test_override_typo_names_the_valid_key() -> None:
+    data = apply_overrides(read_yaml_file(TRAIN), ["sac.learnin_rate=1e-3"])
+    with pytest.raises(ConfigError) as info:
+        from_mapping(TrainConfig, data, source="--set")
+    message = str(info.value)
+    assert "sac.learnin_rate" in message
+    assert "did you mean 'learning_rate'?" in message
+
+
+def test_override_typo_through_the_loader_names_file_and_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_train_config(TRAIN, overrides=("sac.learnin_rate=1e-3",))
+    message = str(info.value)
+    assert str(TRAIN) in message
+    assert "'learning_rate'" in message
+
+
+def test_override_value_is_parsed_as_yaml_1_2_and_validated() -> None:
+    config = load_train_config(TRAIN, overrides=("sac.learning_rate=1e-3", "sac.hidden_sizes=[64, 32]", "seed=7"))
+    assert config.sac.learning_rate == 0.001
+    assert config.sac.hidden_sizes == (64, 32)
+    assert config.seed == 7
+    with pytest.raises(ConfigError, match="sac.learning_rate = nan is not a finite number"):
+        load_train_config(TRAIN, overrides=("sac.learning_rate=.nan",))
+
+
+def test_override_creates_missing_sections_and_leaves_the_input_untouched() -> None:
+    data = {"sac": {"gamma": 0.9}}
+    before = copy.deepcopy(data)
+    out = apply_overrides(data, ["env.task.horizon_steps=10"])
+    assert data == before
+    assert out == {"sac": {"gamma": 0.9}, "env": {"task": {"horizon_steps": 10}}}
+    assert from_mapping(TrainConfig, out).env.task.horizon_steps == 10
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("sac.learning_rate", ["--set 'sac.learning_rate'", "key.path=value"]),
+        ("", ["key.path=value"]),
+        ("=0.1", ["empty key"]),
+        ("...=0.1", ["empty key"]),
+        ("seed.value=1", ["'seed' is not a section", "0"]),
+        ("sac.gamma.x=1", ["'gamma' is not a section", "0.99"]),
+        ("sac.learning_rate=[1, 2", ["--set sac.learning_rate", "not valid YAML"]),
+        ("sac.gamma=a: 1\na: 2", ["duplicate key 'a'"]),
+    ],
+    ids=["no_equals", "empty", "empty_key", "only_dots", "into_int", "into_float", "bad_yaml", "duplicate"],
+)
+def test_bad_override_raises_config_error(item: str, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(read_yaml_file(TRAIN), [item])
+    for fragment in expected:
+        assert fragment in str(info.value), f"{fragment!r} not in {info.value!s}"
+
+
+def test_override_with_wrong_type_fails_in_from_mapping() -> None:
+    data = apply_overrides({}, ["sac.batch_size=big"])
+    with pytest.raises(ConfigError, match=r"sac.batch_size must be an integer, got 'big'"):
+        from_mapping(TrainConfig, data)
+
+
+# --- every shipped config loads -----------------------------------------------------------------
+
+ROBOT_FILES = sorted((CONFIG_DIR / "robots").glob("*.yaml"))
+ENV_FILES = sorted((CONFIG_DIR / "envs").glob("*.yaml"))
+TRAIN_FILES = sorted((CONFIG_DIR / "train").glob("*.yaml"))
+
+
+def test_config_dir_holds_only_known_kinds() -> None:
+    kinds = {p.relative_to(CONFIG_DIR).parts[0] for p in CONFIG_DIR.rglob("*.yaml")}
+    assert kinds <= {"robots", "envs", "train"}
+    assert ROBOT_FILES and ENV_FILES and TRAIN_FILES
+
+
+@pytest.mark.parametrize("path", ROBOT_FILES, ids=lambda p: p.name)
+def test_every_robot_yaml_loads(path: Path) -> None:
+    spec = load_robot_spec(path)
+    assert spec.dof == len(spec.joints) >= 1
+    assert (spec.soft_lower_rad <= spec.home_rad).all() and (spec.home_rad <= spec.soft_upper_rad).all()
+
+
+@pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
+def test_every_env_yaml_loads_with_its_robot(path: Path) -> None:
+    config = load_env_config(path)
+    assert isinstance(config, EnvConfig)
+    assert load_robot_spec(config.robot_path(CONFIG_DIR)).dof >= 1
+
+
+@pytest.mark.parametrize("path", TRAIN_FILES, ids=lambda p: p.name)
+def test_every_train_yaml_loads_with_its_robot(path: Path) -> None:
+    config = load_train_config(path)
+    assert isinstance(config, TrainConfig)
+    assert load_robot_spec(config.env.robot_path(CONFIG_DIR)).dof >= 1
+
+
+def test_arm4_values_are_read_as_written() -> None:
+    spec = load_robot_spec(ARM4)
+    assert spec.name == "rs_arm4"
+    assert spec.control_hz == 50.0
+    assert spec.dt_s == pytest.approx(0.02)
+    assert spec.joint_names == ("base_yaw", "shoulder_pitch", "elbow_pitch", "wrist_pitch")
+    assert spec.joints[1].soft_lower_rad == pytest.approx(-1.791 + 0.087)
+    assert spec.joints[1].max_velocity_rad_s == 1.5
+
+
+def test_arm_reach_dr_enables_randomization() -> None:
+    assert load_env_config(CONFIG_DIR / "envs" / "arm_reach_dr.yaml").sim.randomization.enabled
+    assert not load_env_config(ENV).sim.randomization.enabled
+
+
+# --- immutability, hashing, round trip -----------------------------------------------------------
+
+
+def test_loaded_configs_are_frozen() -> None:
+    spec = load_robot_spec(ARM4)
+    train = load_train_config(TRAIN)
+    env = load_env_config(ENV)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.control_hz = 100.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.joints[0].max_step_rad = 1.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        train.sac.learning_rate = 1.0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.safety.soft_limits = False  # type: ignore[misc]
+    assert isinstance(spec.joints, tuple)
+    assert isinstance(train.sac.hidden_sizes, tuple)
+    with pytest.raises(ValueError, match="read-only"):
+        spec.home_rad[0] = 1.0
+
+
+def _reverse_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _reverse_keys(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reverse_keys(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(("path", "load"), [(ARM4, load_robot_spec), (TRAIN, load_train_config), (ENV, load_env_config)])
+def test_config_hash_is_independent_of_key_order(tmp_path: Path, path: Path, load: Callable[[Path], Any]) -> None:
+    original = load(path)
+    reordered_file = _write(tmp_path, _reverse_keys(read_yaml_file(path)))
+    assert list(read_yaml_file(reordered_file)) != list(read_yaml_file(path))
+    reordered = load(reordered_file)
+    assert reordered == original
+    assert config_hash(reordered) == config_hash(original)
+    assert len(config_hash(original)) == 64
+
+
+def test_config_hash_is_stable_across_processes() -> None:
+    code = (
+        "from robot_sac.config_loader import config_hash\n"
+        "from robot_sac.configs import load_train_config\n"
+        f"print(config_hash(load_train_config({str(TRAIN)!r})))\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env={"PYTHONPATH": root, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert hashes == {config_hash(load_train_config(TRAIN))}
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["sac.gamma=0.98", "seed=1", "env.safety.rate_limit=false", "sac.hidden_sizes=[256, 128]", "sac.alpha=0.2"],
+)
+def test_config_hash_changes_when_a_value_changes(override: str) -> None:
+    assert config_hash(load_train_config(TRAIN, (override,))) != config_hash(load_train_config(TRAIN))
+
+
+def test_config_hash_changes_when_one_joint_value_changes() -> None:
+    base = load_robot_spec(ARM4)
+    joints = to_mapping(base)["joints"]
+    joints[2]["max_velocity_rad_s"] = 1.4
+    changed = from_mapping(RobotSpec, {**to_mapping(base), "joints": joints})
+    assert changed != base
+    assert config_hash(changed) != config_hash(base)
+
+
+ROUND_TRIP_CASES: dict[str, Callable[[], Any]] = {
+    "arm4": lambda: load_robot_spec(ARM4),
+    "train": lambda: load_train_config(TRAIN),
+    "env_dr": lambda: load_env_config(CONFIG_DIR / "envs" / "arm_reach_dr.yaml"),
+    "train_defaults": TrainConfig,
+    "sac_fixed_alpha": lambda: SACConfig(alpha=0.2, target_entropy=-2.0, hidden_sizes=(8,)),
+}
+
+
+@pytest.mark.parametrize("make", ROUND_TRIP_CASES.values(), ids=ROUND_TRIP_CASES.keys())
+def test_to_mapping_from_mapping_round_trips(make: Callable[[], Any]) -> None:
+    config = make()
+    data = to_mapping(config)
+    again = from_mapping(type(config), data)
+    assert again == config
+    assert config_hash(again) == config_hash(config)
+    # The plain form is YAML-safe and survives a strict re-parse.
+    assert from_mapping(type(config), parse_yaml(yaml.safe_dump(data))) == config
+
+
+# --- unit naming (STYLE.md rule 12) --------------------------------------------------------------
+
+
+def _scalar_type(tp: Any) -> Any:
+    """float for ``float``, ``float | None`` and ``tuple[float, ...]``; the schema type otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _scalar_type(inner)
+    if origin is tuple:
+        items = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        assert len(items) == 1, f"mixed tuple {tp!r}"
+        return _scalar_type(items.pop())
+    return tp
+
+
+def _schema_fields(cls: type, seen: set[type] | None = None) -> Iterator[tuple[type, dataclasses.Field[Any], Any]]:
+    """Every (schema, field, scalar type) reachable from ``cls``, each schema once."""
+    seen = set() if seen is None else seen
+    if cls in seen:
+        return
+    seen.add(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        scalar = _scalar_type(hints[f.name])
+        if dataclasses.is_dataclass(scalar):
+            yield from _schema_fields(scalar, seen)  # type: ignore[arg-type]
+        else:
+            yield cls, f, scalar
+
+
+def _suffix_unit(name: str) -> str | None:
+    """The unit whose suffix is the longest one ``name`` ends with (``_rad_s`` beats ``_s``)."""
+    matches = [(len(suffix), unit) for unit, suffix in UNIT_SUFFIXES.items() if name.endswith(suffix)]
+    return max(matches)[1] if matches else None
+
+
+SCHEMA_FIELDS = [*_schema_fields(TrainConfig), *_schema_fields(RobotSpec)]
+
+
+def test_schema_walk_reaches_every_schema() -> None:
+    schemas = {cls.__name__ for cls, _, _ in SCHEMA_FIELDS}
+    assert {"TrainConfig", "SACConfig", "EnvConfig", "ArmReachConfig", "SimConfig", "RandomizationConfig"} <= schemas
+    assert {"SafetyConfig", "NormalizationConfig", "RobotSpec", "JointSpec"} <= schemas
+    assert sum(1 for _, f, _ in SCHEMA_FIELDS if f.metadata.get("unit")) >= 15
+
+
+@pytest.mark.parametrize(
+    ("cls", "field"),
+    [(cls, f) for cls, f, _ in SCHEMA_FIELDS if f.metadata.get("unit")],
+    ids=lambda x: x.__name__ if isinstance(x, type) else x.name,
+)
+def test_every_unit_field_name_ends_with_its_unit_suffix(cls: type, field: dataclasses.Field[Any]) -> None:
+    unit = field.metadata["unit"]
+    assert unit in UNIT_SUFFIXES, f"{cls.__name__}.{field.name}: unit {unit!r} has no entry in UNIT_SUFFIXES"
+    assert field.name.endswith(UNIT_SUFFIXES[unit]), f"{cls.__name__}.{field.name} should end with {UNIT_SUFFIXES[unit]}"
+    assert _suffix_unit(field.name) == unit
+
+
+@pytest.mark.parametrize(
+    ("cls", "field"),
+    [(cls, f) for cls, f, scalar in SCHEMA_FIELDS if scalar is float and _suffix_unit(f.name)],
+    ids=lambda x: x.__name__ if isinstance(x, type) else x.name,
+)
+def test_every_float_field_with_a_unit_suffix_declares_the_unit(cls: type, field: dataclasses.Field[Any]) -> None:
+    assert field.metadata.get("unit") == _suffix_unit(field.name), f"{cls.__name__}.{field.name}"
+
+
+def test_every_schema_field_is_declared_with_param() -> None:
+    for cls, f, _ in SCHEMA_FIELDS:
+        assert {"unit", "ge", "gt", "le", "lt", "doc"} <= set(f.metadata), f"{cls.__name__}.{f.name} lacks param()"
+
+
+def test_joint_spec_properties_derive_from_fields() -> None:
+    joint = load_robot_spec(ARM4).joints[0]
+    assert isinstance(joint, JointSpec)
+    assert joint.soft_lower_rad == joint.lower_rad + joint.soft_margin_rad
+    assert joint.soft_upper_rad == joint.upper_rad - joint.soft_margin_rad
