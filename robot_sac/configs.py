@@ -17,6 +17,10 @@ REPO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 """The ``configs/`` directory of a source checkout or editable install."""
 
 
+_MAX_STABLE_VELOCITY_GAIN = 1.5
+"""PyBullet's position servo oscillates from a velocity gain of about 1.9 (measured on arm4)."""
+
+
 def _check_range(name: str, bounds: tuple[float, float]) -> None:
     if bounds[0] > bounds[1]:
         raise ConfigError(f"{name}: the range [{bounds[0]}, {bounds[1]}] is empty; write it as [low, high]")
@@ -82,8 +86,18 @@ class SimConfig:
     urdf: str = param("arm4.urdf", doc="URDF file name in sim/assets, or a path")
     physics_substeps: int = param(8, ge=1, le=100, doc="physics steps per control period")
     position_gain: float = param(0.3, gt=0.0, le=1.0, doc="servo position gain (PyBullet positionGain)")
-    velocity_gain: float = param(1.0, ge=0.0, le=10.0, doc="servo velocity gain (PyBullet velocityGain)")
+    velocity_gain: float = param(1.0, ge=0.0, le=1.5, doc="servo velocity gain (PyBullet velocityGain)")
     randomization: RandomizationConfig = param(RandomizationConfig)
+
+    def __post_init__(self) -> None:
+        """The randomized velocity gain must stay where PyBullet's servo is stable (measured: < ~1.9)."""
+        scale = self.randomization.actuator_gain_scale[1] if self.randomization.enabled else 1.0
+        if self.velocity_gain * scale > _MAX_STABLE_VELOCITY_GAIN:
+            raise ConfigError(
+                f"velocity_gain {self.velocity_gain} x randomization.actuator_gain_scale high end {scale} = "
+                f"{self.velocity_gain * scale:.2f} exceeds {_MAX_STABLE_VELOCITY_GAIN}, where the simulated servo "
+                "oscillates; lower one of them"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -94,6 +94,8 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         if not self._connected:
             self.backend.connect()
             self._connected = True
+        if any(self._episode_counts.values()):
+            log.info("episode ended with safety clips %s", self._episode_counts)
         state = self.backend.reset(seed=int(self.np_random.integers(0, 2**31 - 1)))
         self.safety.reset(state.position_rad)
         self.task.reset(self.np_random, state)

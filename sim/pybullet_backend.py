@@ -33,8 +33,8 @@ MAX_MARKERS = 4
 MARKER_RADIUS_M = 0.008
 _HIDDEN_M = (0.0, 0.0, -100.0)  # beyond the camera's far plane
 # Camera: front-left of the arm, slightly above, looking at the middle of its workspace.
-_CAMERA_TARGET_M = (0.06, 0.0, 0.12)
-_CAMERA_DISTANCE_M = 0.55
+_CAMERA_TARGET_M = (0.04, 0.0, 0.17)
+_CAMERA_DISTANCE_M = 0.85
 _CAMERA_YAW_DEG = 135.0
 _CAMERA_PITCH_DEG = -25.0
 _CAMERA_FOV_DEG = 50.0

@@ -60,11 +60,14 @@ def random_walk(spec: RobotSpec, seed: int, steps: int) -> np.ndarray:
     return np.array(rows)
 
 
-def trajectory(backend: PyBulletBackend, seed: int | None, targets: np.ndarray) -> np.ndarray:
-    """Reset, apply ``targets``; rows of (position, velocity, effort, stamp) per state, (1 + steps, 3 dof + 1)."""
-    states = [backend.reset(seed)]
-    states += [backend.step(t) for t in targets]
+def as_rows(states: list) -> np.ndarray:
+    """Rows of (position, velocity, effort, stamp) per state, shape (len(states), 3 dof + 1)."""
     return np.array([np.concatenate([s.position_rad, s.velocity_rad_s, s.effort_nm, [s.stamp_s]]) for s in states])
+
+
+def trajectory(backend: PyBulletBackend, seed: int | None, targets: np.ndarray) -> np.ndarray:
+    """Reset, apply ``targets``; `as_rows` of the 1 + steps states."""
+    return as_rows([backend.reset(seed)] + [backend.step(t) for t in targets])
 
 
 # --- the URDF agrees with configs/robots/arm4.yaml ------------------------------------------------
@@ -83,6 +86,7 @@ def _attr(element: ET.Element, path: str, attr: str) -> str:
 
 
 def test_urdf_joints_equal_the_yaml(arm4_spec: RobotSpec) -> None:
+    assert resolve_urdf(SimConfig().urdf) == URDF and resolve_urdf("a/b.urdf").as_posix() == "a/b.urdf"
     robot = ET.parse(URDF).getroot()
     revolute = [j for j in robot.iter("joint") if j.attrib["type"] == "revolute"]
     assert tuple(j.attrib["name"] for j in revolute) == arm4_spec.joint_names
@@ -138,11 +142,6 @@ def test_urdf_inertias_match_their_shapes() -> None:
         assert contact is not None and float(contact.attrib["value"]) == NOMINAL_LATERAL_FRICTION
 
 
-def test_resolve_urdf() -> None:
-    assert resolve_urdf("arm4.urdf") == URDF
-    assert resolve_urdf("some/dir/arm.urdf").as_posix() == "some/dir/arm.urdf"
-
-
 def test_numpy_fk_equals_pybullet_tool_link(make, arm4_spec: RobotSpec) -> None:
     backend = make()
     backend.reset(0)
@@ -156,19 +155,12 @@ def test_numpy_fk_equals_pybullet_tool_link(make, arm4_spec: RobotSpec) -> None:
 # --- lifecycle and isolation ----------------------------------------------------------------------
 
 
-def test_lifecycle_errors_and_idempotent_close(arm4_spec: RobotSpec) -> None:
-    backend = PyBulletBackend(arm4_spec, SimConfig())
-    with pytest.raises(EnvStateError):
-        backend.reset(0)
-    with pytest.raises(EnvStateError):
-        backend.step(arm4_spec.home_rad)
-    backend.close()
-    backend.connect()
-    backend.connect()
+def test_step_needs_a_reset_and_close_ends_the_episode(make, arm4_spec: RobotSpec) -> None:
+    """The shared contract suite covers the rest of the lifecycle (before connect, idempotent close)."""
+    backend = make()
     with pytest.raises(EnvStateError):
         backend.step(arm4_spec.home_rad)  # connected but never reset
     assert backend.reset(0).stamp_s == 0.0
-    backend.close()
     backend.close()
     with pytest.raises(EnvStateError):
         backend.reset(0)
@@ -215,9 +207,7 @@ def test_interleaved_backends_match_solo_runs(make, arm4_spec: RobotSpec) -> Non
     for x, y in zip(t1, t2, strict=True):
         rows_a.append(a.step(x))
         rows_b.append(b.step(y))
-    for rows, solo in ((rows_a, solo1), (rows_b, solo2)):
-        got = np.array([np.concatenate([s.position_rad, s.velocity_rad_s, s.effort_nm, [s.stamp_s]]) for s in rows])
-        assert np.array_equal(got, solo)
+    assert np.array_equal(as_rows(rows_a), solo1) and np.array_equal(as_rows(rows_b), solo2)
 
 
 # --- the second safety layer ----------------------------------------------------------------------
@@ -363,16 +353,14 @@ def test_the_sample_reaches_the_physics(make, arm4_spec: RobotSpec) -> None:
         assert not np.allclose(trajectory(changed, 0, targets), reference, rtol=0, atol=1e-4), values
 
 
-def test_dynamics_sample_validates() -> None:
-    good = nominal(2)
+@pytest.mark.parametrize(
+    "bad",
+    [{"link_mass_scale": (1.0,)}, {"actuator_gain_scale": (1.0, 0.0)}, {"position_noise_rad": float("nan")},
+     {"joint_damping_nm_s_rad": (0.01, -0.01)}, {"action_latency_periods": -1}],
+)  # fmt: skip
+def test_dynamics_sample_validates(bad: dict) -> None:
     with pytest.raises(ValueError):
-        dataclasses.replace(good, link_mass_scale=(1.0,))
-    with pytest.raises(ValueError):
-        dataclasses.replace(good, actuator_gain_scale=(1.0, 0.0))
-    with pytest.raises(ValueError):
-        dataclasses.replace(good, position_noise_rad=float("nan"))
-    with pytest.raises(ValueError):
-        dataclasses.replace(good, action_latency_periods=-1)
+        dataclasses.replace(nominal(2), **bad)
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -407,5 +395,4 @@ def test_render_rgb_shows_the_arm_and_markers_without_changing_dynamics(make, ar
     for t in targets:
         states.append(backend.step(t))
         backend.render_rgb(32, 24, markers_m=[t[:3]])
-    got = np.array([np.concatenate([s.position_rad, s.velocity_rad_s, s.effort_nm, [s.stamp_s]]) for s in states])
-    assert np.array_equal(got, reference)
+    assert np.array_equal(as_rows(states), reference)

@@ -1,0 +1,490 @@
+"""SafetyFilter on the arm4 spec (SAFETY.md rows 9-11): finite check, clip, soft limits, rate and speed.
+
+The property tests feed arbitrary float64 vectors (NaN, ±inf, 1e308, -0.0, subnormals) and check the
+filter's contract: a fault holds the last command and changes nothing, anything else is a finite
+target inside the soft limits that moves at most ``min(max_step_rad, max_velocity_rad_s * dt)``.
+Comparisons allow 1e-12 rad: ``(last + bound) - last`` can exceed ``bound`` by an ulp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from robot_sac.errors import ActionOutOfRange, EnvStateError, NonFiniteAction
+from robot_sac.safety import CLIP_STAGES, SafetyConfig, SafetyCounts, SafetyDecision, SafetyFilter
+from robot_sac.spec import RobotSpec, load_robot_spec
+
+ARM4 = load_robot_spec(Path(__file__).resolve().parent.parent / "configs" / "robots" / "arm4.yaml")
+DOF = ARM4.dof
+BOUND = np.minimum(ARM4.max_step_rad, ARM4.max_velocity_rad_s * ARM4.dt_s)
+"""Per-joint largest change per tick: arm4 gives [0.04, 0.03, 0.03, 0.04] rad."""
+TOL = 1e-12
+PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)
+
+SPECIALS = [
+    math.nan,
+    -math.nan,
+    math.inf,
+    -math.inf,
+    1e308,
+    -1e308,
+    1.7976931348623157e308,
+    0.0,
+    -0.0,
+    5e-324,
+    -5e-324,
+    2.2250738585072014e-308,
+    1.0,
+    -1.0,
+    1.0000000000000002,
+    100.0,
+    -100.0,
+    100.00000000000001,
+    1e9,
+]
+
+any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
+vectors = st.one_of(
+    arrays(np.float64, DOF, elements=any_float),
+    arrays(
+        np.float64,
+        DOF,
+        elements=st.one_of(
+            st.sampled_from(SPECIALS),
+            st.floats(-2.0, 2.0),
+            st.floats(-200.0, 200.0),
+            st.floats(-4.0, 4.0),  # absolute targets around the joint ranges
+        ),
+    ),
+)
+
+
+def _between(lower: np.ndarray, upper: np.ndarray) -> st.SearchStrategy[np.ndarray]:
+    # Clipped: lower + 1.0 * (upper - lower) can round an ulp past upper.
+    fractions = st.tuples(*[st.floats(0.0, 1.0)] * DOF)
+    return fractions.map(lambda f: np.clip(lower + np.array(f) * (upper - lower), lower, upper))
+
+
+in_soft_limits = _between(ARM4.soft_lower_rad, ARM4.soft_upper_rad)
+in_hard_limits = _between(ARM4.lower_rad, ARM4.upper_rad)
+
+
+def _filter(spec: RobotSpec = ARM4, config: SafetyConfig | None = None, start: np.ndarray | None = None) -> SafetyFilter:
+    f = SafetyFilter(spec, config)
+    f.reset(spec.home_rad if start is None else start)
+    return f
+
+
+def _check_decision(f: SafetyFilter, decision: SafetyDecision, previous: np.ndarray, counts: SafetyCounts) -> None:
+    """The filter's contract for one command, given the command before it was inside the soft limits."""
+    assert decision.target_rad.shape == (DOF,) and decision.target_rad.dtype == np.float64
+    assert decision.executed_action.shape == (DOF,) and decision.executed_action.dtype == np.float32
+    assert np.isfinite(decision.executed_action).all()
+    assert (np.abs(decision.executed_action) <= 1.0).all()
+    assert set(decision.clipped) == set(CLIP_STAGES)
+    if decision.fault is not None:
+        assert isinstance(decision.fault, NonFiniteAction | ActionOutOfRange)
+        assert np.array_equal(decision.target_rad, previous)  # hold
+        assert np.array_equal(f.last_command_rad, previous)  # state unchanged
+        assert not decision.any_clipped
+        assert (decision.executed_action == 0).all()
+        assert f.counts == dataclasses.replace(counts, faults=counts.faults + 1)
+        return
+    target = decision.target_rad
+    assert np.isfinite(target).all()
+    assert (ARM4.soft_lower_rad <= target).all() and (target <= ARM4.soft_upper_rad).all()
+    assert (np.abs(target - previous) <= BOUND + TOL).all()
+    assert np.array_equal(f.last_command_rad, target)
+    np.testing.assert_allclose(decision.executed_action, (target - previous) / ARM4.max_step_rad, rtol=1e-6, atol=1e-12)
+    assert f.counts.faults == counts.faults
+
+
+@PROPERTY
+@given(action=vectors, start=in_soft_limits)
+def test_from_action_holds_or_stays_inside_limits(action: np.ndarray, start: np.ndarray) -> None:
+    f = _filter(start=start)
+    previous, counts = f.last_command_rad, dataclasses.replace(f.counts)
+    decision = f.from_action(action)
+    _check_decision(f, decision, previous, counts)
+    finite = np.isfinite(action).all()
+    in_range = finite and (np.abs(action) <= f.config.max_abs_action).all()
+    if not finite:
+        assert isinstance(decision.fault, NonFiniteAction)
+    elif not in_range:
+        assert isinstance(decision.fault, ActionOutOfRange)
+    else:
+        assert decision.fault is None
+        assert decision.clipped["action_space"] == bool((np.abs(action) > 1.0).any())
+
+
+@PROPERTY
+@given(target=vectors, start=in_soft_limits)
+def test_from_target_holds_or_stays_inside_limits(target: np.ndarray, start: np.ndarray) -> None:
+    f = _filter(start=start)
+    previous, counts = f.last_command_rad, dataclasses.replace(f.counts)
+    decision = f.from_target(target)
+    _check_decision(f, decision, previous, counts)
+    if np.isfinite(target).all():
+        assert decision.fault is None  # a finite absolute target is clipped, never a fault
+        assert not decision.clipped["action_space"]
+    else:
+        assert isinstance(decision.fault, NonFiniteAction)
+
+
+@PROPERTY
+@given(steps=st.lists(st.tuples(st.sampled_from(["action", "target"]), vectors), min_size=1, max_size=40))
+def test_any_command_sequence_keeps_every_command_within_limits(steps: list[tuple[str, np.ndarray]]) -> None:
+    f = _filter()
+    for kind, value in steps:
+        previous, counts = f.last_command_rad, dataclasses.replace(f.counts)
+        decision = f.from_action(value) if kind == "action" else f.from_target(value)
+        _check_decision(f, decision, previous, counts)
+        command = f.last_command_rad
+        assert (ARM4.soft_lower_rad <= command).all() and (command <= ARM4.soft_upper_rad).all()
+        # Peak commanded speed never exceeds the joint's velocity limit.
+        assert (np.abs(command - previous) / ARM4.dt_s <= ARM4.max_velocity_rad_s + 1e-9).all()
+
+
+@PROPERTY
+@given(measured=in_hard_limits, command=vectors, kind=st.sampled_from(["action", "target"]))
+def test_first_command_after_reset_is_within_one_bound_of_measured(
+    measured: np.ndarray, command: np.ndarray, kind: str
+) -> None:
+    f = SafetyFilter(ARM4)
+    f.reset(measured)
+    assert np.array_equal(f.last_command_rad, measured)
+    decision = f.from_action(command) if kind == "action" else f.from_target(command)
+    assert (np.abs(decision.target_rad - measured) <= BOUND + TOL).all()
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "fault"),
+    [
+        (math.nan, NonFiniteAction),
+        (-math.nan, NonFiniteAction),
+        (math.inf, NonFiniteAction),
+        (-math.inf, NonFiniteAction),
+        (1e9, ActionOutOfRange),
+        (-1e9, ActionOutOfRange),
+        (1e308, ActionOutOfRange),
+        (100.00000000000001, ActionOutOfRange),
+    ],
+    ids=["nan", "-nan", "inf", "-inf", "1e9", "-1e9", "1e308", "just_beyond_max_abs"],
+)
+@pytest.mark.parametrize("joint", range(DOF))
+def test_bad_action_entry_faults_and_holds(value: float, fault: type[Exception], joint: int) -> None:
+    f = _filter()
+    f.from_action(np.array([0.5, -0.5, 0.5, -0.5]))
+    held = f.last_command_rad
+    action = np.zeros(DOF)
+    action[joint] = value
+    decision = f.from_action(action)
+    assert type(decision.fault) is fault
+    assert ARM4.joint_names[joint] in str(decision.fault)
+    assert "holding the last safe target" in str(decision.fault)
+    assert np.array_equal(decision.target_rad, held)
+    assert np.array_equal(f.last_command_rad, held)
+    assert (decision.executed_action == 0).all()
+    assert f.counts == SafetyCounts(faults=1)
+    # The filter keeps working after a fault.
+    assert f.from_action(np.zeros(DOF)).fault is None
+    assert np.array_equal(f.last_command_rad, held)
+
+
+def test_negative_nan_has_its_sign_bit_set() -> None:
+    assert math.copysign(1.0, -math.nan) == -1.0  # the -nan case above really is a negative NaN
+
+
+@pytest.mark.parametrize("value", [math.nan, -math.nan, math.inf, -math.inf])
+def test_non_finite_target_faults_and_holds(value: float) -> None:
+    f = _filter()
+    target = ARM4.home_rad.copy()
+    target[2] = value
+    decision = f.from_target(target)
+    assert type(decision.fault) is NonFiniteAction
+    assert np.array_equal(decision.target_rad, ARM4.home_rad)
+    assert f.counts == SafetyCounts(faults=1)
+
+
+def test_huge_finite_target_is_clipped_not_a_fault() -> None:
+    f = _filter()
+    decision = f.from_target(np.full(DOF, 1e308))
+    assert decision.fault is None
+    assert decision.clipped["soft_limit"]
+    np.testing.assert_allclose(decision.target_rad, ARM4.home_rad + BOUND, rtol=0, atol=TOL)
+
+
+def test_exactly_max_abs_action_is_clipped_not_a_fault() -> None:
+    f = _filter()
+    decision = f.from_action(np.array([100.0, -100.0, 0.0, 0.0]))
+    assert decision.fault is None
+    assert decision.clipped["action_space"]
+
+
+# --- step response (SAFETY.md row 11) -----------------------------------------------------------
+
+
+def test_step_input_reaches_far_target_in_ceil_distance_over_bound_steps() -> None:
+    goal = np.array([ARM4.soft_upper_rad[0], ARM4.soft_upper_rad[1], ARM4.soft_lower_rad[2], ARM4.soft_lower_rad[3]])
+    ratio = np.abs(goal - ARM4.home_rad) / BOUND
+    # Keep clear of integer ratios, where float rounding of the running sum could shift the count by one.
+    assert (np.abs(ratio - np.round(ratio)) > 0.05).all(), ratio
+    expected = np.ceil(ratio).astype(int)
+    assert expected.tolist() == [69, 85, 41, 61]
+    f = _filter()
+    commands = [f.last_command_rad]
+    for _ in range(expected.max() + 5):
+        decision = f.from_target(goal)
+        assert decision.fault is None
+        commands.append(decision.target_rad)
+    path = np.array(commands)
+    deltas = np.abs(np.diff(path, axis=0))
+    assert (deltas <= BOUND + TOL).all()
+    assert (deltas / ARM4.dt_s <= ARM4.max_velocity_rad_s + 1e-9).all()
+    for j in range(DOF):
+        reached = np.flatnonzero(path[:, j] == goal[j])
+        assert reached[0] == expected[j], ARM4.joint_names[j]
+        assert (path[expected[j] :, j] == goal[j]).all()  # and it stays there
+        # Every step before the last one moves by the full bound.
+        np.testing.assert_allclose(deltas[: expected[j] - 1, j], BOUND[j], rtol=0, atol=1e-9)
+
+
+def test_reset_from_a_far_pose_then_home_moves_at_bounded_speed() -> None:
+    f = SafetyFilter(ARM4)
+    far = ARM4.soft_lower_rad + 0.01
+    f.reset(far)
+    previous = far
+    for _ in range(200):
+        target = f.from_target(ARM4.home_rad).target_rad
+        assert (np.abs(target - previous) <= BOUND + TOL).all()
+        previous = target
+    np.testing.assert_array_equal(previous, ARM4.home_rad)
+
+
+def test_reset_clamps_measured_position_into_the_hard_limits() -> None:
+    f = SafetyFilter(ARM4)
+    measured = ARM4.upper_rad + 0.02
+    f.reset(measured)
+    np.testing.assert_array_equal(f.last_command_rad, ARM4.upper_rad)
+    decision = f.from_action(np.ones(DOF))
+    # Outside the soft limits the command moves back toward them, no faster than the bound.
+    assert (decision.target_rad < ARM4.upper_rad).all()
+    assert (np.abs(decision.target_rad - ARM4.upper_rad) <= BOUND + TOL).all()
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_reset_refuses_a_non_finite_measurement(value: float) -> None:
+    bad = ARM4.home_rad.copy()
+    bad[1] = value
+    f = SafetyFilter(ARM4)
+    with pytest.raises(NonFiniteAction, match="cannot seed the safety filter"):
+        f.reset(bad)
+    with pytest.raises(EnvStateError):
+        f.last_command_rad  # noqa: B018 - the property raises
+
+
+def test_reset_reseeds_after_use() -> None:
+    f = _filter()
+    for _ in range(5):
+        f.from_action(np.ones(DOF))
+    f.reset(ARM4.home_rad)
+    np.testing.assert_array_equal(f.last_command_rad, ARM4.home_rad)
+
+
+# --- flags and counts ----------------------------------------------------------------------------
+
+
+def _expect(decision: SafetyDecision, *stages: str) -> None:
+    assert decision.clipped == {s: s in stages for s in CLIP_STAGES}
+
+
+def test_counts_increment_exactly_per_stage() -> None:
+    f = _filter()
+    d = f.from_action(np.zeros(DOF))
+    _expect(d)
+    assert f.counts == SafetyCounts()
+    d = f.from_action(np.array([0.5, 0.0, 0.0, -0.5]))
+    _expect(d)
+    np.testing.assert_allclose(d.executed_action, [0.5, 0.0, 0.0, -0.5])
+    # Saturated actions of exactly ±1 are not rate clips (their change equals max_step_rad).
+    d = f.from_action(np.array([1.0, 0.0, 0.0, -1.0]))
+    _expect(d)
+    d = f.from_action(np.array([3.0, 0.0, 0.0, 0.0]))
+    _expect(d, "action_space")
+    np.testing.assert_allclose(d.executed_action, [1.0, 0.0, 0.0, 0.0])
+    assert f.counts == SafetyCounts(action_space=1)
+    # Shoulder: 0.04 rad requested, 1.5 rad/s * 0.02 s = 0.03 rad allowed.
+    d = f.from_action(np.array([0.0, 1.0, 0.0, 0.0]))
+    _expect(d, "velocity")
+    np.testing.assert_allclose(d.executed_action, [0.0, 0.75, 0.0, 0.0], rtol=1e-6)
+    assert f.counts == SafetyCounts(action_space=1, velocity=1)
+    # Base: the rate bound (0.04) binds; its velocity bound is equal, so only the rate stage counts.
+    d = f.from_target(f.last_command_rad + np.array([0.1, 0.0, 0.0, 0.0]))
+    _expect(d, "rate")
+    assert f.counts == SafetyCounts(action_space=1, velocity=1, rate=1)
+    # Elbow: beyond both bounds; both stages count, once each, for one step.
+    d = f.from_target(f.last_command_rad + np.array([0.0, 0.0, -0.1, 0.0]))
+    _expect(d, "rate", "velocity")
+    assert f.counts == SafetyCounts(action_space=1, velocity=2, rate=2)
+    # Several joints clipped in one step count once per stage.
+    d = f.from_target(f.last_command_rad + 0.5)
+    _expect(d, "rate", "velocity")
+    assert f.counts == SafetyCounts(action_space=1, velocity=3, rate=3)
+    d = f.from_action(np.array([math.nan, 0.0, 0.0, 0.0]))
+    d = f.from_action(np.array([1e9, 0.0, 0.0, 0.0]))
+    d = f.from_target(np.full(DOF, math.inf))
+    assert f.counts == SafetyCounts(action_space=1, velocity=3, rate=3, faults=3)
+    # Soft limit: the base target far beyond its soft upper limit is clipped there, then rate limited.
+    d = f.from_target(np.array([10.0, *f.last_command_rad[1:]]))
+    _expect(d, "soft_limit", "rate")
+    assert f.counts == SafetyCounts(action_space=1, velocity=3, rate=4, soft_limit=1, faults=3)
+    counts = f.counts.as_dict()
+    counts["rate"] = 0
+    assert f.counts.rate == 4  # as_dict is a copy
+
+
+def test_soft_limit_alone_is_flagged_when_the_move_fits_the_bound() -> None:
+    start = ARM4.home_rad.copy()
+    start[0] = ARM4.soft_upper_rad[0] - 0.01
+    f = _filter(start=start)
+    d = f.from_action(np.array([1.0, 0.0, 0.0, 0.0]))
+    _expect(d, "soft_limit")
+    assert d.target_rad[0] == ARM4.soft_upper_rad[0]
+    assert f.counts == SafetyCounts(soft_limit=1)
+    np.testing.assert_allclose(d.executed_action[0], 0.01 / 0.04, rtol=1e-5)
+
+
+# --- disabling stages ----------------------------------------------------------------------------
+
+
+def _spec_with(joint: int, **changes: float) -> RobotSpec:
+    joints = list(ARM4.joints)
+    joints[joint] = dataclasses.replace(joints[joint], **changes)
+    return dataclasses.replace(ARM4, joints=tuple(joints))
+
+
+def test_disabling_soft_limits_lets_targets_into_the_margin_only() -> None:
+    start = ARM4.home_rad.copy()
+    start[0] = ARM4.soft_upper_rad[0]
+    goal = start.copy()
+    goal[0] = ARM4.upper_rad[0]
+    on, off = _filter(start=start), _filter(config=SafetyConfig(soft_limits=False), start=start)
+    d_on, d_off = on.from_target(goal), off.from_target(goal)
+    _expect(d_on, "soft_limit")
+    assert d_on.target_rad[0] == ARM4.soft_upper_rad[0]
+    _expect(d_off, "rate")  # the rate stage still works
+    assert d_off.target_rad[0] == pytest.approx(ARM4.soft_upper_rad[0] + 0.04)
+    assert off.counts == SafetyCounts(rate=1)
+    # A big move is still rate- and velocity-limited on every joint.
+    d = off.from_target(off.last_command_rad + 1.0)
+    _expect(d, "rate", "velocity")
+    assert (np.abs(d.target_rad - d_off.target_rad) <= BOUND + TOL).all()
+
+
+def test_disabling_the_rate_limit_leaves_the_velocity_limit() -> None:
+    # Base joint with a fast servo: velocity bound 4 rad/s * 0.02 s = 0.08 rad > max_step_rad 0.04 rad.
+    spec = _spec_with(0, max_velocity_rad_s=4.0)
+    jump = np.array([1.0, 0.0, 0.0, 0.0])
+    on, off = _filter(spec), _filter(spec, SafetyConfig(rate_limit=False))
+    d_on, d_off = on.from_target(spec.home_rad + jump), off.from_target(spec.home_rad + jump)
+    _expect(d_on, "rate")
+    assert d_on.target_rad[0] == pytest.approx(0.04)
+    _expect(d_off, "velocity")
+    assert d_off.target_rad[0] == pytest.approx(0.08)
+    assert off.counts == SafetyCounts(velocity=1)
+    # Executed actions are in policy units (max_step_rad), so a rate-free move can exceed 1.
+    assert d_off.executed_action[0] == pytest.approx(2.0)
+    # The soft limits still hold.
+    d = off.from_target(np.full(DOF, 100.0))
+    assert (d.target_rad <= spec.soft_upper_rad).all()
+
+
+def test_disabling_the_velocity_limit_leaves_the_rate_limit() -> None:
+    jump = np.array([0.0, 1.0, 0.0, 0.0])  # shoulder: velocity bound 0.03 rad, rate bound 0.04 rad
+    on, off = _filter(), _filter(config=SafetyConfig(velocity_limit=False))
+    d_on, d_off = on.from_target(ARM4.home_rad + jump), off.from_target(ARM4.home_rad + jump)
+    _expect(d_on, "rate", "velocity")
+    assert d_on.target_rad[1] - ARM4.home_rad[1] == pytest.approx(0.03)
+    _expect(d_off, "rate")
+    assert d_off.target_rad[1] - ARM4.home_rad[1] == pytest.approx(0.04)
+    assert off.counts == SafetyCounts(rate=1)
+
+
+def test_with_every_stage_disabled_the_finite_check_still_runs() -> None:
+    config = SafetyConfig(soft_limits=False, rate_limit=False, velocity_limit=False)
+    f = _filter(config=config)
+    goal = ARM4.home_rad + 0.5
+    d = f.from_target(goal)
+    _expect(d)
+    np.testing.assert_array_equal(d.target_rad, goal)
+    assert isinstance(f.from_target(np.full(DOF, math.nan)).fault, NonFiniteAction)
+    assert isinstance(f.from_action(np.full(DOF, 1e9)).fault, ActionOutOfRange)
+    d = f.from_action(np.full(DOF, 2.0))
+    _expect(d, "action_space")  # the action space clip is not a stage that can be disabled
+    np.testing.assert_allclose(d.target_rad, goal + ARM4.max_step_rad)
+    assert f.counts == SafetyCounts(action_space=1, faults=2)
+
+
+def test_max_abs_action_is_configurable() -> None:
+    f = _filter(config=SafetyConfig(max_abs_action=2.0))
+    assert isinstance(f.from_action(np.array([2.5, 0.0, 0.0, 0.0])).fault, ActionOutOfRange)
+    d = f.from_action(np.array([2.0, 0.0, 0.0, 0.0]))
+    assert d.fault is None and d.clipped["action_space"]
+
+
+# --- misuse --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(DOF - 1,), (DOF + 1,), (1, DOF), (), (DOF, 1)])
+@pytest.mark.parametrize("method", ["from_action", "from_target"])
+def test_wrong_shape_raises_value_error(shape: tuple[int, ...], method: str) -> None:
+    f = _filter()
+    with pytest.raises(ValueError, match=r"expected shape \(4,\)"):
+        getattr(f, method)(np.zeros(shape))
+    assert f.counts == SafetyCounts()
+    np.testing.assert_array_equal(f.last_command_rad, ARM4.home_rad)
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda f: f.from_action(np.zeros(DOF)),
+        lambda f: f.from_target(ARM4.home_rad),
+        lambda f: f.from_action(np.full(DOF, math.nan)),
+        lambda f: f.hold(),
+        lambda f: f.last_command_rad,
+    ],
+    ids=["from_action", "from_target", "from_action_nan", "hold", "last_command_rad"],
+)
+def test_use_before_reset_raises_env_state_error(use: object) -> None:
+    f = SafetyFilter(ARM4)
+    with pytest.raises(EnvStateError, match="before reset"):
+        use(f)  # type: ignore[operator]
+
+
+def test_hold_recommands_the_last_target() -> None:
+    f = _filter()
+    f.from_action(np.full(DOF, 0.3))
+    d = f.hold()
+    np.testing.assert_array_equal(d.target_rad, f.last_command_rad)
+    assert d.fault is None and not d.any_clipped
+    assert (d.executed_action == 0).all()
+
+
+def test_decision_arrays_do_not_alias_filter_state() -> None:
+    f = _filter()
+    d = f.from_action(np.full(DOF, 0.5))
+    d.target_rad[:] = 99.0
+    f.last_command_rad[:] = 99.0
+    assert (np.abs(f.last_command_rad) < 3.0).all()
