@@ -17,6 +17,7 @@ Schemas declare fields with `param`, which records the unit and the allowed rang
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -73,6 +74,15 @@ StrictLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+# YAML 1.2 booleans only: `on`, `yes`, `off`, `no` stay strings (YAML 1.1 made them bools), so a
+# bool field given `on` fails with a clear message instead of silently turning a feature on.
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in StrictLoader.yaml_implicit_resolvers.items()
+}
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def parse_yaml(text: str, source: str = "<string>") -> Any:
@@ -267,7 +277,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: tuple[str, ...] | list[s
     Unknown keys are not checked here: the result goes through `from_mapping`, which rejects them
     with the same message as a typo in the file.
     """
-    out: dict[str, Any] = json.loads(json.dumps(data))
+    out: dict[str, Any] = copy.deepcopy(dict(data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. sac.learning_rate=1e-3")

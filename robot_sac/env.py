@@ -99,7 +99,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         state = self.backend.reset(seed=int(self.np_random.integers(0, 2**31 - 1)))
         self.safety.reset(state.position_rad)
         self.task.reset(self.np_random, state)
-        obs = self._observe(state)
+        obs = self._observe(state, self.safety.last_command_rad)
         self._state, self._last_obs, self._ended_by_fault = state, obs, False
         self._episode_counts = dict.fromkeys(CLIP_STAGES, 0)
         return obs.astype(np.float32), self._info(state, None, None)
@@ -115,7 +115,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         state: RobotState | None = None
         try:
             state = self.backend.step(decision.target_rad)
-            obs = self._observe(state)
+            obs = self._observe(state, decision.target_rad)
         except RobotFault as err:
             fault, state, obs = err, None, self._last_obs
         for stage, hit in decision.clipped.items():
@@ -150,13 +150,14 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _observe(self, state: RobotState) -> np.ndarray:
+    def _observe(self, state: RobotState, command_rad: np.ndarray) -> np.ndarray:
         """The raw observation of a state, validated against the physical bounds (float64)."""
-        obs = self.task.observation(state, self.safety.last_command_rad)
-        if not np.isfinite(obs).all():
-            raise NonFiniteObservation(f"non-finite measurement: {self._describe(~np.isfinite(obs), obs)}")
-        outside = (obs < self._obs_low) | (obs > self._obs_high)
-        if outside.any():
+        obs = self.task.observation(state, command_rad)
+        if not ((obs >= self._obs_low) & (obs <= self._obs_high)).all():  # NaN fails both comparisons
+            nonfinite = ~np.isfinite(obs)
+            if nonfinite.any():
+                raise NonFiniteObservation(f"non-finite measurement: {self._describe(nonfinite, obs)}")
+            outside = (obs < self._obs_low) | (obs > self._obs_high)
             raise ObservationOutOfBounds(f"measurement outside its physical range: {self._describe(outside, obs)}")
         return obs
 
@@ -184,8 +185,8 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         info["command_rad"] = self.safety.last_command_rad
         info["stamp_s"] = state.stamp_s
         info["clip_counts"] = dict(self._episode_counts)
-        if decision is not None:
-            info["executed_action"] = decision.executed_action.copy()
-            info["clipped"] = dict(decision.clipped)
+        if decision is not None:  # a decision's arrays and dict are fresh per step: no copies needed
+            info["executed_action"] = decision.executed_action
+            info["clipped"] = decision.clipped
             info["safety_clipped"] = decision.any_clipped
         return info

@@ -149,7 +149,8 @@ class ObservationNormalizer:
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         """Normalize (..., dim) observations; returns float32 of the same shape."""
         z = (np.asarray(observation, dtype=np.float64) - self.stats.mean) / self.std
-        return np.clip(z, -self.clip_sigma, self.clip_sigma).astype(np.float32)
+        k = self.clip_sigma
+        return np.minimum(np.maximum(z, -k), k).astype(np.float32)
 
     # --- identity and storage -------------------------------------------------------------------
 

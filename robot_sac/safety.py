@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robot_sac.config_loader import param
-from robot_sac.errors import ActionOutOfRange, EnvStateError, NonFiniteAction
+from robot_sac.errors import ActionOutOfRange, EnvStateError, NonFiniteAction, NonFiniteObservation
 from robot_sac.spec import RobotSpec
 
 CLIP_STAGES = ("action_space", "soft_limit", "rate", "velocity")
@@ -130,8 +130,10 @@ class SafetyFilter:
     def reset(self, measured_position_rad: np.ndarray) -> None:
         """Seed the rate limiter from the measured position (clamped into the hard limits)."""
         measured = np.asarray(measured_position_rad, dtype=np.float64)
-        if measured.shape != (self.spec.dof,) or not np.isfinite(measured).all():
-            raise NonFiniteAction(f"cannot seed the safety filter from measured position {measured!r}")
+        if measured.shape != (self.spec.dof,):
+            raise ValueError(f"measured position must have shape ({self.spec.dof},), got {measured.shape}")
+        if not np.isfinite(measured).all():
+            raise NonFiniteObservation(f"cannot seed the safety filter from measured position {measured.tolist()}")
         self._last = np.clip(measured, self.spec.lower_rad, self.spec.upper_rad).tolist()
 
     def hold(self) -> SafetyDecision:

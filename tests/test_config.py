@@ -108,7 +108,11 @@ BAD_ROBOTS: list[tuple[str, Mutation, list[str]]] = [
     ("lower_nan", _set("joints", 0, "lower_rad", value=math.nan), ["joints[0].lower_rad", "not a finite"]),
     (
         "soft_margin_too_large",
-        _both(_set("joints", 2, "lower_rad", value=-0.4), _set("joints", 2, "upper_rad", value=0.5), _set("joints", 2, "soft_margin_rad", value=0.45)),
+        _both(
+            _set("joints", 2, "lower_rad", value=-0.4),
+            _set("joints", 2, "upper_rad", value=0.5),
+            _set("joints", 2, "soft_margin_rad", value=0.45),
+        ),
         ["joints[2]", "soft_margin_rad 0.45 rad", "half the range"],
     ),
     ("home_outside_soft", _set("joints", 1, "home_rad", value=1.55), ["home_rad", "soft limits", "move home inside"]),
@@ -351,7 +355,7 @@ def test_override_value_is_parsed_as_yaml_1_2_and_validated() -> None:
     assert config.sac.learning_rate == 0.001
     assert config.sac.hidden_sizes == (64, 32)
     assert config.seed == 7
-    with pytest.raises(ConfigError, match="sac.learning_rate = nan is not a finite number"):
+    with pytest.raises(ConfigError, match=r"sac\.learning_rate = nan is not a finite number"):
         load_train_config(TRAIN, overrides=("sac.learning_rate=.nan",))
 
 
@@ -469,7 +473,9 @@ def _reverse_keys(value: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize(("path", "load"), [(ARM4, load_robot_spec), (TRAIN, load_train_config), (ENV, load_env_config)])
+@pytest.mark.parametrize(
+    ("path", "load"), [(ARM4, load_robot_spec), (TRAIN, load_train_config), (ENV, load_env_config)]
+)
 def test_config_hash_is_independent_of_key_order(tmp_path: Path, path: Path, load: Callable[[Path], Any]) -> None:
     original = load(path)
     reordered_file = _write(tmp_path, _reverse_keys(read_yaml_file(path)))
@@ -593,7 +599,9 @@ def test_schema_walk_reaches_every_schema() -> None:
 def test_every_unit_field_name_ends_with_its_unit_suffix(cls: type, field: dataclasses.Field[Any]) -> None:
     unit = field.metadata["unit"]
     assert unit in UNIT_SUFFIXES, f"{cls.__name__}.{field.name}: unit {unit!r} has no entry in UNIT_SUFFIXES"
-    assert field.name.endswith(UNIT_SUFFIXES[unit]), f"{cls.__name__}.{field.name} should end with {UNIT_SUFFIXES[unit]}"
+    assert field.name.endswith(UNIT_SUFFIXES[unit]), (
+        f"{cls.__name__}.{field.name} should end with {UNIT_SUFFIXES[unit]}"
+    )
     assert _suffix_unit(field.name) == unit
 
 
@@ -616,3 +624,11 @@ def test_joint_spec_properties_derive_from_fields() -> None:
     assert isinstance(joint, JointSpec)
     assert joint.soft_lower_rad == joint.lower_rad + joint.soft_margin_rad
     assert joint.soft_upper_rad == joint.upper_rad - joint.soft_margin_rad
+
+
+def test_yaml_1_1_booleans_are_not_bools(tmp_path: Path) -> None:
+    # YAML 1.1 reads `on` as True; a typo'd or legacy spelling must not silently enable a feature.
+    bad = tmp_path / "env.yaml"
+    bad.write_text("sim:\n  randomization:\n    enabled: on\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sim\.randomization\.enabled must be true or false, got 'on'"):
+        load_env_config(bad)

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from robot_sac.errors import ActionOutOfRange, EnvStateError, NonFiniteAction
+from robot_sac.errors import ActionOutOfRange, EnvStateError, NonFiniteAction, NonFiniteObservation
 from robot_sac.safety import CLIP_STAGES, SafetyConfig, SafetyCounts, SafetyDecision, SafetyFilter
 from robot_sac.spec import RobotSpec, load_robot_spec
 
@@ -77,7 +77,9 @@ in_soft_limits = _between(ARM4.soft_lower_rad, ARM4.soft_upper_rad)
 in_hard_limits = _between(ARM4.lower_rad, ARM4.upper_rad)
 
 
-def _filter(spec: RobotSpec = ARM4, config: SafetyConfig | None = None, start: np.ndarray | None = None) -> SafetyFilter:
+def _filter(
+    spec: RobotSpec = ARM4, config: SafetyConfig | None = None, start: np.ndarray | None = None
+) -> SafetyFilter:
     f = SafetyFilter(spec, config)
     f.reset(spec.home_rad if start is None else start)
     return f
@@ -288,10 +290,15 @@ def test_reset_refuses_a_non_finite_measurement(value: float) -> None:
     bad = ARM4.home_rad.copy()
     bad[1] = value
     f = SafetyFilter(ARM4)
-    with pytest.raises(NonFiniteAction, match="cannot seed the safety filter"):
+    with pytest.raises(NonFiniteObservation, match="cannot seed the safety filter"):
         f.reset(bad)
     with pytest.raises(EnvStateError):
         f.last_command_rad  # noqa: B018 - the property raises
+
+
+def test_reset_with_a_wrong_shape_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        SafetyFilter(ARM4).reset(np.zeros(ARM4.dof + 1))
 
 
 def test_reset_reseeds_after_use() -> None:
