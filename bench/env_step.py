@@ -1,7 +1,8 @@
 """Env step throughput for ArmReach on one core: raw PyBullet backend vs the full env stack.
 
 Prints steps/s for
-  1. the raw backend (``PyBulletBackend.step`` with precomputed safe targets) — the baseline,
+  1. the raw backend — the baseline: ``PyBulletBackend.step`` replaying exactly the joint targets
+     the full stack commanded, so both do the same physics work,
   2. ``RobotEnv`` alone (safety filter + task + validation, no gymnasium wrappers),
   3. the full stack from ``make_env`` (RobotEnv -> TimeLimit -> NormalizeObservation),
 and the ratios between them, all measured in this run. The same three layers over the numpy
@@ -12,7 +13,7 @@ NormalizeObservation) cost <= 10 % over ``RobotEnv``. The cost of everything abo
 (safety filter, task, forward kinematics, validation, wrappers) relative to the raw backend is
 printed too. Each figure is the best of ``--repeats`` runs (these machines are noisy).
 
-Usage: python bench/env_step.py [--steps 5000] [--repeats 5]
+Usage: python bench/env_step.py [--steps 3000] [--repeats 9]
 """
 
 from __future__ import annotations
@@ -43,27 +44,44 @@ def _pin_to_one_core() -> str:
     return "not pinned (no sched_setaffinity)"
 
 
-def _best_rate(run: Callable[[], None], steps: int, repeats: int) -> float:
-    best = float("inf")
+def _best_rates(runs: list[Callable[[], None]], steps: int, repeats: int) -> list[float]:
+    """Steps/s of each run, best of ``repeats``; the runs are interleaved round by round so that a
+    burst of interference on this shared machine hits all of them alike."""
+    best = [float("inf")] * len(runs)
     for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return steps / best
+        for i, run in enumerate(runs):
+            started = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - started)
+    return [steps / b for b in best]
 
 
-def _raw_backend(backend, spec: RobotSpec, steps: int, horizon: int) -> Callable[[], None]:
-    rng = np.random.default_rng(0)
-    deltas = rng.uniform(-1, 1, (steps, spec.dof)) * spec.max_step_rad
+def _record_commands(env, steps: int) -> list[np.ndarray | None]:
+    """The joint targets the full stack commands under random actions (None marks a reset)."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (steps, env.action_space.shape[0])).astype(np.float32)
+    commands: list[np.ndarray | None] = [None]
+    env.reset(seed=0)
+    for i in range(steps):
+        _, _, terminated, truncated, info = env.step(actions[i])
+        commands.append(info["command_rad"])
+        if terminated or truncated:
+            env.reset()
+            commands.append(None)
+    return commands
+
+
+def _raw_backend(backend, commands: list[np.ndarray | None]) -> Callable[[], None]:
+    """Replays the full stack's commands straight into the backend: the same physics work."""
     backend.connect()
 
     def run() -> None:
-        target = backend.reset(seed=0).position_rad.copy()
-        for i in range(steps):
-            if i % horizon == horizon - 1:
-                target = backend.reset(seed=i).position_rad.copy()
-            target = np.clip(target + deltas[i], spec.soft_lower_rad, spec.soft_upper_rad)
-            backend.step(target)
+        seed = 0
+        for command in commands:
+            if command is None:
+                backend.reset(seed=seed)
+                seed += 1
+            else:
+                backend.step(command)
 
     return run
 
@@ -83,11 +101,14 @@ def _env(env, steps: int) -> Callable[[], None]:
 
 def _measure(make_backend: Callable[[], object], config: EnvConfig, spec: RobotSpec, steps: int, repeats: int):
     horizon = config.task.horizon_steps
-    raw = _best_rate(_raw_backend(make_backend(), spec, steps, horizon), steps, repeats)
+    commands = _record_commands(make_env(config, make_backend()), steps)
     bare = RobotEnv(make_backend(), ArmReach(spec, config.task), SafetyFilter(spec, config.safety))
-    robot_env = _best_rate(_wrap_time_limit_free(bare, steps, horizon), steps, repeats)
-    full = _best_rate(_env(make_env(config, make_backend()), steps), steps, repeats)
-    return raw, robot_env, full
+    runs = [
+        _raw_backend(make_backend(), commands),
+        _wrap_time_limit_free(bare, steps, horizon),
+        _env(make_env(config, make_backend()), steps),
+    ]
+    return _best_rates(runs, steps, repeats)
 
 
 def _wrap_time_limit_free(env: RobotEnv, steps: int, horizon: int) -> Callable[[], None]:
@@ -105,8 +126,8 @@ def _wrap_time_limit_free(env: RobotEnv, steps: int, horizon: int) -> Callable[[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     pinned = _pin_to_one_core()
