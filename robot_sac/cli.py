@@ -121,7 +121,8 @@ def _rollout(args: argparse.Namespace) -> int:
             table.add_row(str(ep["seed"]), str(ep["steps"]), f"{ep['return']:.2f}", "yes" if ep["success"] else "no",
                           f"{1000 * ep['final_distance_m']:.1f}", str(ep["clips"]), ep["fault"] or "-")  # fmt: skip
         elapsed = time.perf_counter() - started
-        frame = env.render()
+        rendered = env.render()
+        frame = rendered if isinstance(rendered, np.ndarray) else None
         demo = _fault_demo(env, args.seed + args.episodes)
     finally:
         env.close()

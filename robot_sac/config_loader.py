@@ -210,7 +210,7 @@ def _convert(value: Any, tp: Any, meta: Mapping[str, Any], path: str, source: st
         return tuple(
             _convert(v, t, meta, f"{path}[{i}]", source) for i, (v, t) in enumerate(zip(value, item_types, strict=True))
         )
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
@@ -298,7 +298,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: tuple[str, ...] | list[s
 
 def to_mapping(config: Any) -> dict[str, Any]:
     """The plain-data form of a config dataclass (tuples as lists), for YAML/JSON output."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    plain: dict[str, Any] = json.loads(json.dumps(dataclasses.asdict(config)))
+    return plain
 
 
 def config_hash(config: Any) -> str:

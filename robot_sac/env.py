@@ -131,12 +131,13 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         info = self._info(self._state, decision, fault, observation_valid=state is not None)
         return obs.astype(np.float32), reward, terminated, fault is not None, info
 
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
+    def render(self) -> np.ndarray | None:
         """An RGB image (H, W, 3) uint8 of the scene with the task's markers, in ``rgb_array`` mode."""
         if self.render_mode != "rgb_array":
             return None
-        render_rgb = self.backend.render_rgb  # type: ignore[attr-defined]
-        return render_rgb(markers_m=self.task.markers_m())
+        render_rgb = self.backend.render_rgb  # type: ignore[attr-defined]  # checked in __init__
+        frame: np.ndarray = render_rgb(markers_m=self.task.markers_m())
+        return frame
 
     def close(self) -> None:
         """Close the backend (idempotent)."""

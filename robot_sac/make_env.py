@@ -51,7 +51,7 @@ def make_env(
     )
     env = TimeLimit(env, max_episode_steps=config.task.horizon_steps)
     if config.normalization.enabled:
-        dim = int(np.prod(env.observation_space.shape))
+        dim = len(task.observation_names)
         if normalizer is None:
             n = config.normalization
             normalizer = ObservationNormalizer(dim, clip_sigma=n.clip_sigma, epsilon=n.epsilon)

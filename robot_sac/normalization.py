@@ -150,7 +150,8 @@ class ObservationNormalizer:
         """Normalize (..., dim) observations; returns float32 of the same shape."""
         z = (np.asarray(observation, dtype=np.float64) - self.stats.mean) / self.std
         k = self.clip_sigma
-        return np.minimum(np.maximum(z, -k), k).astype(np.float32)
+        normalized: np.ndarray = np.minimum(np.maximum(z, -k), k).astype(np.float32)
+        return normalized
 
     # --- identity and storage -------------------------------------------------------------------
 
@@ -198,7 +199,8 @@ class ObservationNormalizer:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    np.savez(f, **self.to_arrays())
+                    # numpy's stubs fear a key named allow_pickle in **arrays; ours are fixed names.
+                    np.savez(f, **self.to_arrays())  # type: ignore[arg-type]
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)

@@ -169,7 +169,8 @@ class SafetyFilter:
         v = np.asarray(x, dtype=np.float64)
         if v.shape != (self.spec.dof,):
             raise ValueError(f"expected shape ({self.spec.dof},), got {v.shape}")
-        return v.tolist()
+        values: list[float] = v.tolist()
+        return values
 
     def _fault(self, values: list[float], what: str) -> SafetyDecision:
         self.counts.faults += 1

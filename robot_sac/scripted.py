@@ -55,4 +55,5 @@ class ReachIK:
         error = self.gain * (target - tip)
         dq = jac.T @ np.linalg.solve(jac @ jac.T + self.damping_m**2 * np.eye(3), error)
         action = (q + dq - command) / self.spec.max_step_rad
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+        clipped: np.ndarray = np.clip(action, -1.0, 1.0).astype(np.float32)
+        return clipped

@@ -294,11 +294,11 @@ class PyBulletBackend:
             raise ConfigError(f"{self._urdf_path}: no link named {TOOL_LINK_NAME!r}; add a fixed tool link")
         self._tool_link = tools[0]
         joints = [by_name[name] for name in self._spec.joint_names]
-        for joint, info in zip(self._spec.joints, joints, strict=True):
-            if (info[8], info[9]) != (joint.lower_rad, joint.upper_rad):
+        for joint_spec, info in zip(self._spec.joints, joints, strict=True):
+            if (info[8], info[9]) != (joint_spec.lower_rad, joint_spec.upper_rad):
                 raise ConfigError(
-                    f"{self._urdf_path}: joint {joint.name!r} limits [{info[8]}, {info[9]}] differ from the "
-                    f"spec's [{joint.lower_rad}, {joint.upper_rad}] rad"
+                    f"{self._urdf_path}: joint {joint_spec.name!r} limits [{info[8]}, {info[9]}] differ from the "
+                    f"spec's [{joint_spec.lower_rad}, {joint_spec.upper_rad}] rad"
                 )
         self._joint_indices = [info[0] for info in joints]
         self._no_load_speed_rad_s = [info[11] for info in joints]
