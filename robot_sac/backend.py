@@ -21,7 +21,8 @@ class RobotBackend(Protocol):
 
     - ``spec`` is available before ``connect()``; it comes from configuration, never from probing.
     - ``connect()`` opens the simulator or the port and checks the robot matches ``spec``. Calling
-      it twice is harmless. ``reset``/``step`` before ``connect`` raise `EnvStateError`.
+      it twice is harmless. ``reset``/``step`` before ``connect``, and ``step`` before the first
+      ``reset``, raise `EnvStateError`.
     - ``reset(seed)`` brings the robot to ``spec.home_rad`` (hardware: at a safe speed) and returns
       the measured state. The same seed gives the same state and, for simulators, the same
       trajectory under the same targets.

@@ -120,9 +120,19 @@ class EnvConfig:
     normalization: NormalizationConfig = param(NormalizationConfig)
 
     def robot_path(self, config_dir: Path = REPO_CONFIG_DIR) -> Path:
-        """The robot YAML's path: absolute as written, else under ``config_dir``."""
+        """The robot YAML's path: absolute as written, else under ``config_dir``.
+
+        Raises:
+            ConfigError: the file does not exist (with the fix).
+        """
         path = Path(self.robot)
-        return path if path.is_absolute() else config_dir / path
+        path = path if path.is_absolute() else config_dir / path
+        if not path.is_file():
+            raise ConfigError(
+                f"robot: {path} does not exist. Relative paths are read under {config_dir} (the configs/ "
+                "directory of a source checkout installed with `pip install -e .`); give an absolute path otherwise"
+            )
+        return path
 
 
 @dataclass(frozen=True, kw_only=True)

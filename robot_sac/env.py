@@ -16,7 +16,9 @@ Step semantics:
   When the backend could not deliver a valid measurement, the last valid observation is returned
   with ``info["observation_valid"] = False``: such a transition must not enter a replay buffer.
 - After a fault, `step` refuses until `reset`; after a `FaultLevel.LATCHED` fault `reset` refuses
-  until `rearm` (operator action).
+  until `rearm` (operator action). ``SafetyConfig.latch_after_action_faults`` bad actions in a
+  row (across episodes, with no good step between) latch too: a policy that keeps emitting NaN
+  must be looked at, not retried forever.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self._state: RobotState | None = None
         self._ended_by_fault = False
         self._latched: RobotFault | None = None
+        self._action_faults_in_a_row = 0
         self._episode_counts = dict.fromkeys(CLIP_STAGES, 0)
 
     # --- gymnasium API ------------------------------------------------------------------------
@@ -120,6 +123,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             fault, state, obs = err, None, self._last_obs
         for stage, hit in decision.clipped.items():
             self._episode_counts[stage] += hit
+        self._action_faults_in_a_row = self._action_faults_in_a_row + 1 if decision.fault is not None else 0
         if fault is not None:
             self._on_fault(fault)
         if state is None:
@@ -148,6 +152,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
     def rearm(self) -> None:
         """Clear a latched fault after an operator has inspected the robot."""
         self._latched = None
+        self._action_faults_in_a_row = 0
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -170,6 +175,9 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ended_by_fault = True
         if fault.level is FaultLevel.LATCHED:
             self._latched = fault
+        if self._action_faults_in_a_row >= self.safety.config.latch_after_action_faults:
+            self._latched = fault
+            log.error("%d bad actions in a row: fault latched until rearm()", self._action_faults_in_a_row)
         log.warning("fault %s: %s (robot holds %s rad)", fault_name(fault), fault, self.safety.last_command_rad)
 
     def _info(

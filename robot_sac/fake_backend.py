@@ -32,6 +32,7 @@ class FakeBackend:
         self.gain = gain
         self._max_move = spec.max_velocity_rad_s * speed_factor * spec.dt_s
         self._connected = False
+        self._reset_done = False
         self._position = spec.home_rad.copy()
         self._time_s = 0.0
         self.step_count = 0
@@ -57,11 +58,14 @@ class FakeBackend:
         self._require_connected()
         self._position = self._spec.home_rad.copy()
         self._time_s = 0.0
+        self._reset_done = True
         return self._state(np.zeros(self._spec.dof))
 
     def step(self, target_rad: np.ndarray) -> RobotState:
         """Move toward the target for one control period."""
         self._require_connected()
+        if not self._reset_done:
+            raise EnvStateError("FakeBackend.step() needs a reset() first")
         target = check_target(self._spec, target_rad)
         move = np.clip(self.gain * (target - self._position), -self._max_move, self._max_move)
         self._position = self._position + move
@@ -72,3 +76,4 @@ class FakeBackend:
     def close(self) -> None:
         """Mark the backend closed (idempotent)."""
         self._connected = False
+        self._reset_done = False

@@ -50,6 +50,9 @@ class SafetyConfig:
     max_abs_action: float = param(
         100.0, ge=1.0, le=1e6, doc="an action entry beyond this magnitude is a fault, not a clip (policy units)"
     )
+    latch_after_action_faults: int = param(
+        3, ge=1, le=1000, doc="this many bad actions in a row (no good step between) latch a fault (SAFETY.md #9)"
+    )
     soft_limits: bool = param(True, doc="clip targets to the soft joint limits")
     rate_limit: bool = param(True, doc="limit the target change per tick to max_step_rad")
     velocity_limit: bool = param(True, doc="limit the commanded speed to max_velocity_rad_s")

@@ -74,6 +74,11 @@ def test_reset_and_step_before_connect_raise(make_backend: Callable[[], RobotBac
         b.step(arm4_spec.home_rad)
 
 
+def test_step_before_the_first_reset_raises(backend: RobotBackend) -> None:
+    with pytest.raises(EnvStateError):
+        backend.step(backend.spec.home_rad)
+
+
 def test_connect_twice_is_harmless(backend: RobotBackend) -> None:
     backend.connect()
     assert np.isfinite(backend.reset(seed=0).position_rad).all()

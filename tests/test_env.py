@@ -238,3 +238,22 @@ def test_render_rgb_array_headless() -> None:
 def test_render_mode_needs_a_renderable_backend(arm4_spec: RobotSpec) -> None:
     with pytest.raises(ValueError, match="cannot render"):
         RobotEnv(FakeBackend(arm4_spec), *_task_and_filter(arm4_spec), render_mode="rgb_array")
+
+
+def test_repeated_bad_actions_latch_until_rearm(arm4_spec: RobotSpec) -> None:
+    env = _fake_env(arm4_spec)
+    nan = np.full(4, np.nan)
+    env.reset(seed=0)
+    env.step(nan)
+    env.reset(seed=1)
+    env.step(np.zeros(4, dtype=np.float32))  # a good step breaks the run of bad actions
+    env.step(nan)
+    env.reset(seed=2)
+    *_, truncated, info = env.step(nan)
+    assert truncated and info["fault"] == "NonFiniteAction"
+    env.reset(seed=3)  # two in a row: not latched yet
+    env.step(np.full(4, 1e9))
+    with pytest.raises(EnvStateError, match="rearm"):
+        env.reset(seed=4)
+    env.unwrapped.rearm()
+    env.reset(seed=4)
