@@ -49,7 +49,7 @@ _FLOAT_RE = re.compile(
 
 
 class StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys and reads YAML 1.2 floats."""
+    """A SafeLoader that rejects duplicate keys and reads YAML 1.2 floats and booleans."""
 
 
 def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -68,21 +68,15 @@ def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool 
 
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-# Replace the YAML 1.1 float resolver with the YAML 1.2 one.
+# YAML 1.2 floats and booleans instead of YAML 1.1's: "1e-3" is a float, and `on`, `yes`, `off`,
+# `no` stay strings, so a bool field given `on` fails clearly instead of silently enabling something.
+_FLOAT_TAG, _BOOL_TAG = "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
 StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_FLOAT_TAG, _BOOL_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
-# YAML 1.2 booleans only: `on`, `yes`, `off`, `no` stay strings (YAML 1.1 made them bools), so a
-# bool field given `on` fails with a clear message instead of silently turning a feature on.
-StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in StrictLoader.yaml_implicit_resolvers.items()
-}
-StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+StrictLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT_RE, list("-+0123456789."))
+StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def parse_yaml(text: str, source: str = "<string>") -> Any:
@@ -198,41 +192,50 @@ def _convert(value: Any, tp: Any, meta: Mapping[str, Any], path: str, source: st
             raise ConfigError(f"{_where(path, source)} = {value!r} is not allowed; choose one of {list(allowed)}")
         return value
     if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{_where(path, source)} must be a list, got {type(value).__name__} {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            item_types = [args[0]] * len(value)
-        else:
-            if len(value) != len(args):
-                raise ConfigError(f"{_where(path, source)} must have {len(args)} elements, got {len(value)}")
-            item_types = list(args)
-        return tuple(
-            _convert(v, t, meta, f"{path}[{i}]", source) for i, (v, t) in enumerate(zip(value, item_types, strict=True))
-        )
+        return _convert_tuple(value, get_args(tp), meta, path, source)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{_where(path, source)} must be a mapping, got {type(value).__name__} {value!r}")
         return from_mapping(tp, value, source=source, path=path)
+    return _convert_scalar(value, tp, meta, path, source)
+
+
+def _convert_tuple(value: Any, args: tuple[Any, ...], meta: Mapping[str, Any], path: str, source: str) -> Any:
+    """A YAML list as a tuple: ``tuple[T, ...]`` of any length, or a fixed-length ``tuple[A, B]``."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{_where(path, source)} must be a list, got {type(value).__name__} {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+        item_types = [args[0]] * len(value)
+    elif len(value) != len(args):
+        raise ConfigError(f"{_where(path, source)} must have {len(args)} elements, got {len(value)}")
+    else:
+        item_types = list(args)
+    items = enumerate(zip(value, item_types, strict=True))
+    return tuple(_convert(v, t, meta, f"{path}[{i}]", source) for i, (v, t) in items)
+
+
+def _convert_scalar(value: Any, tp: Any, meta: Mapping[str, Any], path: str, source: str) -> Any:
+    """bool, int, float (ints accepted), str — strictly: a bool is not a number, a string not either."""
+    where = _where(path, source)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{_where(path, source)} must be true or false, got {value!r}")
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{_where(path, source)} must be an integer, got {value!r}")
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
         _check_number(float(value), meta, path, source)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{_where(path, source)} must be a number, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where} must be a number, got {type(value).__name__} {value!r}")
         _check_number(float(value), meta, path, source)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{_where(path, source)} must be a string, got {value!r}")
+            raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")
 

@@ -80,6 +80,8 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self._ended_by_fault = False
         self._latched: RobotFault | None = None
         self._action_faults_in_a_row = 0
+        self.fault_count = 0
+        """Faults since construction (all kinds), also reported as ``info["fault_count"]``."""
         self._episode_counts = dict.fromkeys(CLIP_STAGES, 0)
 
     # --- gymnasium API ------------------------------------------------------------------------
@@ -87,7 +89,12 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Home the robot, seed the safety filter from the measured pose, start the task."""
+        """Home the robot, seed the safety filter from the measured pose, start the task.
+
+        Raises:
+            EnvStateError: a latched fault awaits `rearm`.
+            RobotFault: the backend could not home the robot (no episode starts).
+        """
         super().reset(seed=seed)
         if self._latched is not None:
             raise EnvStateError(
@@ -173,6 +180,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _on_fault(self, fault: RobotFault) -> None:
         self._ended_by_fault = True
+        self.fault_count += 1
         if fault.level is FaultLevel.LATCHED:
             self._latched = fault
         if self._action_faults_in_a_row >= self.safety.config.latch_after_action_faults:
@@ -194,6 +202,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         info["command_rad"] = self.safety.last_command_rad
         info["stamp_s"] = state.stamp_s
         info["clip_counts"] = dict(self._episode_counts)
+        info["fault_count"] = self.fault_count
         if decision is not None:  # a decision's arrays and dict are fresh per step: no copies needed
             info["executed_action"] = decision.executed_action
             info["clipped"] = decision.clipped

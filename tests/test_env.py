@@ -130,6 +130,7 @@ def test_backend_fault_truncates_without_a_fresh_observation(arm4_spec: RobotSpe
     _, reward, terminated, truncated, info = env.step(np.full(4, 0.3, dtype=np.float32))
     assert truncated and not terminated and reward == 0.0
     assert info["fault"] == "CommTimeout" and not info["observation_valid"]
+    assert info["fault_count"] == 1
     np.testing.assert_array_equal(info["raw_observation"], last_raw)
     env.reset(seed=1)  # an episode-level fault does not latch
 
