@@ -109,13 +109,14 @@ class ObservationNormalizer:
         """
         if self.frozen:
             return
-        x = np.asarray(observations, dtype=np.float64).reshape(-1, self.dim)
-        if x.shape[0] == 1:
+        x = np.asarray(observations, dtype=np.float64)
+        if x.shape == (self.dim,):  # the per-step hot path: one observation, Welford's update
             if np.isfinite(x).all():
-                self.stats.add(x[0])
+                self.stats.add(x)
             else:
                 self.rejected += 1
             return
+        x = x.reshape(-1, self.dim)
         finite = np.isfinite(x).all(axis=1)
         self.rejected += int((~finite).sum())
         if finite.any():
@@ -148,9 +149,10 @@ class ObservationNormalizer:
 
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         """Normalize (..., dim) observations; returns float32 of the same shape."""
-        z = (np.asarray(observation, dtype=np.float64) - self.stats.mean) / self.std
-        k = self.clip_sigma
-        normalized: np.ndarray = np.minimum(np.maximum(z, -k), k).astype(np.float32)
+        stats, k = self.stats, self.clip_sigma
+        std = np.sqrt(stats.m2 / stats.count + self.epsilon) if stats.count else 1.0
+        z = (np.asarray(observation, dtype=np.float64) - stats.mean) / std
+        normalized: np.ndarray = np.minimum(np.maximum(z, -k, out=z), k, out=z).astype(np.float32)
         return normalized
 
     # --- identity and storage -------------------------------------------------------------------
