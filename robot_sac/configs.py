@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from robot_sac.config_loader import load_config, param
 from robot_sac.errors import ConfigError
@@ -136,27 +137,74 @@ class EnvConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SACConfig:
-    """SAC hyperparameters (Haarnoja et al. 2018b, table 1 defaults)."""
+class NetworkConfig:
+    """MLP shape shared by the actor, the critics and (SAC-v1) the value network."""
 
+    hidden_sizes: tuple[int, ...] = param((256, 256), ge=1, le=8192, doc="layer widths")
+    activation: Literal["relu", "tanh", "elu", "silu"] = param("relu", doc="hidden-layer nonlinearity")
+    layer_norm: bool = param(False, doc="LayerNorm after each hidden linear layer (before the activation)")
+    log_std_min: float = param(-20.0, ge=-50.0, le=0.0, doc="actor log-std clamp, low end (softlearning/SB3)")
+    log_std_max: float = param(2.0, ge=-10.0, le=10.0, doc="actor log-std clamp, high end")
+
+    def __post_init__(self) -> None:
+        """The clamp range must be ordered."""
+        _check_range("log_std_min/log_std_max", (self.log_std_min, self.log_std_max))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SACConfig:
+    """SAC hyperparameters (Haarnoja et al. 2018b, table 1 defaults) and the algorithm variant."""
+
+    variant: Literal["v2", "v1"] = param(
+        "v2", doc="v2: twin Q, target Q, learned alpha (2018b); v1: adds a soft value net V and target V (2018)"
+    )
+    actor_gradient: Literal["reparameterization", "likelihood_ratio"] = param(
+        "reparameterization",
+        doc="likelihood_ratio: grad log pi * (alpha log pi - Q + V), for policies that cannot be reparameterized",
+    )
     learning_rate: float = param(3e-4, gt=0.0, le=1.0, doc="Adam step size for actor, critics and temperature")
     gamma: float = param(0.99, ge=0.0, lt=1.0, doc="discount factor")
-    tau: float = param(0.005, gt=0.0, le=1.0, doc="Polyak factor of the target critics")
+    tau: float = param(0.005, gt=0.0, le=1.0, doc="Polyak factor of the target networks")
     batch_size: int = param(256, ge=1, le=65_536, doc="transitions per gradient step")
     buffer_size: int = param(1_000_000, ge=1, le=100_000_000, doc="replay capacity in transitions")
     learning_starts: int = param(5_000, ge=0, doc="env steps of uniform random actions before updates start")
-    hidden_sizes: tuple[int, ...] = param((256, 256), ge=1, le=8192, doc="MLP layer widths")
     alpha: float | None = param(None, gt=0.0, le=100.0, doc="fixed temperature; null learns it")
+    initial_alpha: float = param(1.0, gt=0.0, le=100.0, doc="starting temperature when it is learned")
     target_entropy: float | None = param(None, le=0.0, doc="null means -|A| (the paper's heuristic)")
+    reward_scale: float = param(1.0, gt=0.0, le=1000.0, doc="rewards are multiplied by this before the backup")
+    updates_per_step: float = param(1.0, gt=0.0, le=64.0, doc="gradient updates per env step (UTD ratio)")
+    target_update_interval: int = param(1, ge=1, le=10_000, doc="gradient updates between Polyak target updates")
+    actor_update_interval: int = param(1, ge=1, le=100, doc="gradient updates between actor/alpha updates (delay)")
+    max_grad_norm: float | None = param(None, gt=0.0, le=1e6, doc="clip each network's gradient norm; null: off")
+    network: NetworkConfig = param(NetworkConfig)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", doc="auto picks CUDA when present, CPU otherwise")
+    cpu_threads: int | None = param(None, ge=1, le=256, doc="torch CPU threads; null: min(cores, 4)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The training run: length, evaluation, checkpoints, logging."""
+
+    total_steps: int = param(50_000, ge=1, le=10**9, doc="env steps to train for")
+    eval_interval_steps: int = param(5_000, ge=1, doc="env steps between deterministic evaluations")
+    eval_episodes: int = param(10, ge=1, le=10_000, doc="episodes per evaluation")
+    checkpoint_interval_steps: int = param(10_000, ge=1, doc="env steps between checkpoints")
+    keep_checkpoints: int = param(3, ge=1, le=100, doc="newest checkpoints kept on disk")
+    log_interval_steps: int = param(1_000, ge=1, doc="env steps between metric rows")
+    save_replay: bool = param(True, doc="store the replay buffer in checkpoints (needed for an exact resume)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """A training run: the env and the learner."""
+    """A training run: the env, the learner and the run settings."""
 
     seed: int = param(0, ge=0, le=2**31 - 1, doc="seeds numpy, torch and the envs")
+    env_id: str | None = param(
+        None, doc="a registered gymnasium id with Box spaces (e.g. Pendulum-v1); null: ArmReach built from `env`"
+    )
     env: EnvConfig = param(EnvConfig)
     sac: SACConfig = param(SACConfig)
+    run: RunConfig = param(RunConfig)
 
 
 def load_env_config(path: str | Path, overrides: tuple[str, ...] = ()) -> EnvConfig:

@@ -31,6 +31,7 @@ from robot_sac.config_loader import (
 )
 from robot_sac.configs import (
     EnvConfig,
+    NetworkConfig,
     RandomizationConfig,
     SACConfig,
     TrainConfig,
@@ -171,7 +172,11 @@ BAD_TRAIN: list[tuple[str, str, list[str]]] = [
     ("float_for_int", "sac:\n  batch_size: 256.0\n", ["sac.batch_size", "must be an integer"]),
     ("string_for_number", "sac:\n  gamma: high\n", ["sac.gamma", "must be a number", "'high'"]),
     ("quoted_number", "sac:\n  learning_rate: '3e-4'\n", ["sac.learning_rate", "must be a number"]),
-    ("tuple_item_out_of_range", "sac:\n  hidden_sizes: [256, 0]\n", ["sac.hidden_sizes[1]", ">= 1"]),
+    (
+        "tuple_item_out_of_range",
+        "sac:\n  network:\n    hidden_sizes: [256, 0]\n",
+        ["sac.network.hidden_sizes[1]", ">= 1"],
+    ),
     ("section_not_mapping", "sac: 5\n", ["sac", "must be a mapping"]),
     ("alpha_negative", "sac:\n  alpha: -0.1\n", ["sac.alpha", "> 0.0"]),
     ("max_abs_action_too_small", "env:\n  safety:\n    max_abs_action: 0.5\n", ["env.safety.max_abs_action", ">= 1.0"]),
@@ -351,9 +356,11 @@ def test_override_typo_through_the_loader_names_file_and_key() -> None:
 
 
 def test_override_value_is_parsed_as_yaml_1_2_and_validated() -> None:
-    config = load_train_config(TRAIN, overrides=("sac.learning_rate=1e-3", "sac.hidden_sizes=[64, 32]", "seed=7"))
+    config = load_train_config(
+        TRAIN, overrides=("sac.learning_rate=1e-3", "sac.network.hidden_sizes=[64, 32]", "seed=7")
+    )
     assert config.sac.learning_rate == 0.001
-    assert config.sac.hidden_sizes == (64, 32)
+    assert config.sac.network.hidden_sizes == (64, 32)
     assert config.seed == 7
     with pytest.raises(ConfigError, match=r"sac\.learning_rate = nan is not a finite number"):
         load_train_config(TRAIN, overrides=("sac.learning_rate=.nan",))
@@ -460,7 +467,7 @@ def test_loaded_configs_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         env.safety.soft_limits = False  # type: ignore[misc]
     assert isinstance(spec.joints, tuple)
-    assert isinstance(train.sac.hidden_sizes, tuple)
+    assert isinstance(train.sac.network.hidden_sizes, tuple)
     with pytest.raises(ValueError, match="read-only"):
         spec.home_rad[0] = 1.0
 
@@ -509,7 +516,7 @@ def test_config_hash_is_stable_across_processes() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["sac.gamma=0.98", "seed=1", "env.safety.rate_limit=false", "sac.hidden_sizes=[256, 128]", "sac.alpha=0.2"],
+    ["sac.gamma=0.98", "seed=1", "env.safety.rate_limit=false", "sac.network.hidden_sizes=[256, 128]", "sac.alpha=0.2"],
 )
 def test_config_hash_changes_when_a_value_changes(override: str) -> None:
     assert config_hash(load_train_config(TRAIN, (override,))) != config_hash(load_train_config(TRAIN))
@@ -529,7 +536,7 @@ ROUND_TRIP_CASES: dict[str, Callable[[], Any]] = {
     "train": lambda: load_train_config(TRAIN),
     "env_dr": lambda: load_env_config(CONFIG_DIR / "envs" / "arm_reach_dr.yaml"),
     "train_defaults": TrainConfig,
-    "sac_fixed_alpha": lambda: SACConfig(alpha=0.2, target_entropy=-2.0, hidden_sizes=(8,)),
+    "sac_fixed_alpha": lambda: SACConfig(alpha=0.2, target_entropy=-2.0, network=NetworkConfig(hidden_sizes=(8,))),
 }
 
 
