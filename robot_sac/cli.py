@@ -6,6 +6,10 @@ Commands:
   filter, normalization, time limit) with the inverse-kinematics controller, injects one
   non-finite action to show the fault path, prints a results table and writes ``summary.json``
   and a rendered ``final_frame.png`` to ``--out``.
+- ``robot-sac train``: trains SAC (``--config configs/train/<name>.yaml``, ``--env <gymnasium id>``,
+  ``--set k=v``, ``--steps``, ``--out``, ``--resume <run dir>``, ``--seed``) with a live progress
+  bar, metrics to CSV and TensorBoard, periodic deterministic evaluation, atomic checkpoints and a
+  learning-curve PNG in the run directory.
 - ``robot-sac check-config FILE --kind robot|env|train``: validates a config file (with ``--set``
   overrides) and prints the resolved config and its hash.
 
@@ -26,11 +30,13 @@ import numpy as np
 import yaml
 
 from robot_sac.config_loader import config_hash, to_mapping
-from robot_sac.configs import load_env_config, load_train_config
-from robot_sac.errors import ConfigError
+from robot_sac.configs import REPO_CONFIG_DIR, load_env_config, load_train_config
+from robot_sac.errors import ConfigError, StorageError
 from robot_sac.make_env import load_env_stack_config, make_env, make_sim_backend
 from robot_sac.scripted import ReachIK
 from robot_sac.spec import load_robot_spec
+
+DEFAULT_TRAIN_CONFIG = REPO_CONFIG_DIR / "train" / "arm_reach_sim.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     roll.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     roll.add_argument("--out", type=Path, default=Path("runs/rollout"), help="report directory")
 
+    train = sub.add_parser("train", help="train SAC in simulation (or on any gymnasium Box env)")
+    train.add_argument("--config", type=Path, default=None,
+                       help=f"train YAML (default: {DEFAULT_TRAIN_CONFIG.relative_to(REPO_CONFIG_DIR.parent)})")  # fmt: skip
+    train.add_argument("--env", default=None, metavar="ID", help="a registered gymnasium id, e.g. Pendulum-v1")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set sac.learning_rate=1e-3 (repeatable)")  # fmt: skip
+    train.add_argument("--steps", type=int, default=None, help="total env steps (run.total_steps)")
+    train.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
+    train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/train-<time>)")
+    train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("path", type=Path)
     check.add_argument("--kind", choices=("robot", "env", "train"), required=True)
@@ -56,12 +74,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (2 for a bad config)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "rollout":
-            return _rollout(args)
-        return _check_config(args)
+        match args.command:
+            case "rollout":
+                return _rollout(args)
+            case "train":
+                return _train(args)
+            case _:
+                return _check_config(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except StorageError as err:
+        print(f"storage error: {err}", file=sys.stderr)
+        return 3
+
+
+def _train(args: argparse.Namespace) -> int:
+    from robot_sac.metrics import plot_learning_curves  # noqa: PLC0415 - torch/matplotlib only for training
+    from robot_sac.train_setup import load_run_config, resume_run, start_run  # noqa: PLC0415
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"run.total_steps={args.steps}")
+    if args.resume is not None:
+        if args.config or args.env or args.seed is not None or args.out:
+            raise ConfigError("--resume continues a run as saved: drop --config, --env, --seed and --out")
+        run_dir = args.resume
+        config = load_run_config(run_dir, tuple(overrides))
+        trainer = resume_run(run_dir, config, show_progress=not args.no_progress)
+    else:
+        if args.env is not None:
+            overrides.append(f"env_id={args.env}")
+        if args.seed is not None:
+            overrides.append(f"seed={args.seed}")
+        config = load_train_config(args.config or DEFAULT_TRAIN_CONFIG, tuple(overrides))
+        run_dir = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+        trainer = start_run(config, run_dir, show_progress=not args.no_progress)
+    try:
+        final = trainer.train(config.run.total_steps)
+    finally:
+        trainer.close()
+    curve = plot_learning_curves(run_dir)
+    summary = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in final.items())
+    print(f"trained {trainer.counters.env_steps} env steps, {trainer.counters.updates} updates; final evaluation: "
+          f"{summary}\nrun directory: {run_dir} (learning curve: {curve.name})")  # fmt: skip
+    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

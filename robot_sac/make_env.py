@@ -33,6 +33,7 @@ def make_env(
     backend: RobotBackend,
     *,
     normalizer: ObservationNormalizer | None = None,
+    update_normalizer: bool = True,
     render_mode: str | None = None,
 ) -> gym.Env[np.ndarray, np.ndarray]:
     """Build the ArmReach env stack over ``backend``.
@@ -42,6 +43,8 @@ def make_env(
         backend: the robot (PyBullet, serial hardware, or the numpy fake), not yet connected.
         normalizer: shared or restored statistics; a fresh one is made when None. Ignored when
             ``config.normalization.enabled`` is false.
+        update_normalizer: whether this env's observations update the statistics (false for
+            evaluation envs that share the training normalizer).
         render_mode: ``None`` or ``"rgb_array"`` (simulator backends only).
     """
     spec = backend.spec
@@ -55,7 +58,7 @@ def make_env(
         if normalizer is None:
             n = config.normalization
             normalizer = ObservationNormalizer(dim, clip_sigma=n.clip_sigma, epsilon=n.epsilon)
-        env = NormalizeObservation(env, normalizer)
+        env = NormalizeObservation(env, normalizer, update_stats=update_normalizer)
     return env
 
 

@@ -227,13 +227,17 @@ class ObservationNormalizer:
 class NormalizeObservation(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
     """Normalizes observations for the policy and keeps the raw one in ``info["raw_observation"]``.
 
-    Statistics are updated with every raw observation while the normalizer is not frozen. The
-    raw observation (float64 copy) is what the replay buffer stores.
+    Statistics are updated with every raw observation while the normalizer is not frozen and
+    ``update_stats`` is true; an evaluation env shares the training normalizer with
+    ``update_stats=False``. The raw observation (float64 copy) is what the replay buffer stores.
     """
 
-    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], normalizer: ObservationNormalizer) -> None:
+    def __init__(
+        self, env: gym.Env[np.ndarray, np.ndarray], normalizer: ObservationNormalizer, update_stats: bool = True
+    ) -> None:
         """Wrap ``env``; ``normalizer.dim`` must equal the observation size."""
         super().__init__(env)
+        self.update_stats = update_stats
         shape = env.observation_space.shape
         if shape != (normalizer.dim,):
             raise ValueError(f"normalizer dim {normalizer.dim} does not match observation shape {shape}")
@@ -244,7 +248,7 @@ class NormalizeObservation(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.nd
     def _process(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         raw = np.array(obs, dtype=np.float64)
         info["raw_observation"] = raw
-        if info.get("observation_valid", True):
+        if self.update_stats and info.get("observation_valid", True):
             self.normalizer.update(raw)
         return self.normalizer.normalize(raw)
 

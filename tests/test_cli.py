@@ -12,7 +12,7 @@ from tests.conftest import CONFIG_DIR
 
 
 def test_check_config_prints_resolved_config_and_hash(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["check-config", str(CONFIG_DIR / "train" / "arm_reach.yaml"), "--kind", "train",
+    code = main(["check-config", str(CONFIG_DIR / "train" / "arm_reach_sim.yaml"), "--kind", "train",
                  "--set", "sac.learning_rate=1e-3"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
@@ -20,7 +20,7 @@ def test_check_config_prints_resolved_config_and_hash(capsys: pytest.CaptureFixt
 
 
 def test_typo_in_override_names_the_valid_key(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["check-config", str(CONFIG_DIR / "train" / "arm_reach.yaml"), "--kind", "train",
+    code = main(["check-config", str(CONFIG_DIR / "train" / "arm_reach_sim.yaml"), "--kind", "train",
                  "--set", "sac.learnin_rate=1e-3"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2

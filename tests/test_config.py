@@ -43,7 +43,7 @@ from robot_sac.spec import JointSpec, RobotSpec, load_robot_spec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ARM4 = CONFIG_DIR / "robots" / "arm4.yaml"
-TRAIN = CONFIG_DIR / "train" / "arm_reach.yaml"
+TRAIN = CONFIG_DIR / "train" / "arm_reach_sim.yaml"
 ENV = CONFIG_DIR / "envs" / "arm_reach.yaml"
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -383,7 +383,7 @@ def test_override_creates_missing_sections_and_leaves_the_input_untouched() -> N
         ("=0.1", ["empty key"]),
         ("...=0.1", ["empty key"]),
         ("seed.value=1", ["'seed' is not a section", "0"]),
-        ("sac.gamma.x=1", ["'gamma' is not a section", "0.99"]),
+        ("sac.gamma.x=1", ["'gamma' is not a section", "0.98"]),
         ("sac.learning_rate=[1, 2", ["--set sac.learning_rate", "not valid YAML"]),
         ("sac.gamma=a: 1\na: 2", ["duplicate key 'a'"]),
     ],
@@ -516,7 +516,7 @@ def test_config_hash_is_stable_across_processes() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["sac.gamma=0.98", "seed=1", "env.safety.rate_limit=false", "sac.network.hidden_sizes=[256, 128]", "sac.alpha=0.2"],
+    ["sac.gamma=0.97", "seed=1", "env.safety.rate_limit=false", "sac.network.hidden_sizes=[256, 128]", "sac.alpha=0.2"],
 )
 def test_config_hash_changes_when_a_value_changes(override: str) -> None:
     assert config_hash(load_train_config(TRAIN, (override,))) != config_hash(load_train_config(TRAIN))

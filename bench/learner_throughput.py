@@ -1,0 +1,143 @@
+"""Gradient updates per second of the SAC learner vs Stable-Baselines3 and the machine's matmul limit.
+
+Standard setting (issue 3): 256x256 MLPs, batch 256, observation 26, action 6, CPU. For 1 and 2
+torch threads it prints, measured in this run:
+
+- robot-sac: ``SAC.update`` on batches sampled from a filled ``ReplayBuffer`` (sampling included);
+- Stable-Baselines3: ``SAC.train(gradient_steps=...)`` on the same sizes (its own buffer sampling
+  included) — needs ``pip install stable-baselines3`` (not a dependency of robot-sac);
+- the matmul limit: FLOPs of one update (counted from the layer shapes) divided by the GEMM FLOP/s
+  that ``torch.mm`` reaches on 256-wide matrices with the same thread count.
+
+Targets: >= 1.4x SB3 on the same thread count, >= 80 % of the limit.
+
+Usage: python bench/learner_throughput.py [--updates 300] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from robot_sac.configs import NetworkConfig, SACConfig
+from robot_sac.replay import ReplayBuffer
+from robot_sac.sac import SAC
+
+OBS_DIM, ACTION_DIM, HIDDEN, BATCH = 26, 6, 256, 256
+
+
+def update_flops(obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, hidden: int = HIDDEN, batch: int = BATCH) -> float:
+    """Multiply-add FLOPs (x2) of one SAC-v2 update, from the linear layers' shapes.
+
+    Forward is 2·B·in·out per layer, backward 4·B·in·out (input and weight gradients):
+    target (actor fwd on s', twin target critic fwd), critic step (twin fwd + bwd), actor step
+    (actor fwd, twin critic fwd, backward through critic and actor). Activations, losses, Adam
+    and the temperature are O(B·hidden) and left out.
+    """
+    actor = obs_dim * hidden + hidden * hidden + hidden * 2 * action_dim
+    twin = 2 * ((obs_dim + action_dim) * hidden + hidden * hidden + hidden)
+    per_sample = 2 * actor + 2 * twin + 6 * twin + 2 * actor + 2 * twin + 4 * twin + 4 * actor
+    return float(batch * per_sample)
+
+
+def gemm_flops_per_s(threads: int, size: int = HIDDEN, repeats: int = 200) -> float:
+    """Best FLOP/s of ``torch.mm`` on (batch x size) @ (size x size) float32 matrices."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(BATCH, size), torch.randn(size, size)
+    for _ in range(20):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2.0 * BATCH * size * size * repeats / best
+
+
+def _best_rate(run: Callable[[], None], updates: int, repeats: int) -> float:
+    run()  # warm-up (allocator, kernels)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return updates / best
+
+
+def robot_sac_rate(updates: int, repeats: int) -> float:
+    """Updates/s of `SAC.update` with replay sampling, 256x256, batch 256."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    config = SACConfig(batch_size=BATCH, network=NetworkConfig(hidden_sizes=(HIDDEN, HIDDEN)))
+    device = torch.device("cpu")
+    agent = SAC(OBS_DIM, ACTION_DIM, config, device)
+    buffer = ReplayBuffer(10_000, OBS_DIM, ACTION_DIM)
+    for _ in range(10_000):
+        buffer.add(rng.normal(size=OBS_DIM), rng.uniform(-1, 1, ACTION_DIM), float(rng.normal()),
+                   rng.normal(size=OBS_DIM), bool(rng.random() < 0.01))  # fmt: skip
+
+    def run() -> None:
+        for _ in range(updates):
+            agent.update(buffer.sample(BATCH, rng, device))
+
+    return _best_rate(run, updates, repeats)
+
+
+def sb3_rate(updates: int, repeats: int) -> float | None:
+    """Updates/s of Stable-Baselines3's `SAC.train` on the same sizes, or None if SB3 is missing."""
+    try:
+        from stable_baselines3 import SAC as SB3SAC  # noqa: PLC0415, N811 - optional baseline
+        from stable_baselines3.common.logger import configure  # noqa: PLC0415
+    except ImportError:
+        return None
+
+    class Dummy(gym.Env[np.ndarray, np.ndarray]):
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
+        action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+
+    rng = np.random.default_rng(0)
+    model = SB3SAC("MlpPolicy", Dummy(), batch_size=BATCH, policy_kwargs={"net_arch": [HIDDEN, HIDDEN]},
+                   buffer_size=10_000, device="cpu", seed=0)  # fmt: skip
+    model.set_logger(configure(None, []))
+    for _ in range(10_000):
+        obs = rng.normal(size=(1, OBS_DIM)).astype(np.float32)
+        model.replay_buffer.add(obs, rng.normal(size=(1, OBS_DIM)).astype(np.float32),
+                                rng.uniform(-1, 1, (1, ACTION_DIM)).astype(np.float32),
+                                np.array([rng.normal()], dtype=np.float32), np.array([False]), [{}])  # fmt: skip
+
+    def run() -> None:
+        model.train(gradient_steps=updates, batch_size=BATCH)
+
+    return _best_rate(run, updates, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    flops = update_flops()
+    print(f"SAC update, obs {OBS_DIM}, action {ACTION_DIM}, {HIDDEN}x{HIDDEN}, batch {BATCH}: "
+          f"{flops / 1e9:.3f} GFLOP per update (matmuls)")  # fmt: skip
+    print(f"{'threads':>7} {'GEMM GFLOP/s':>13} {'limit up/s':>11} {'robot-sac up/s':>15} {'SB3 up/s':>9} "
+          f"{'vs SB3':>7} {'of limit':>9}")  # fmt: skip
+    for threads in (1, 2):
+        gemm = gemm_flops_per_s(threads)
+        limit = gemm / flops
+        ours = robot_sac_rate(args.updates, args.repeats)
+        sb3 = sb3_rate(args.updates, args.repeats)
+        vs = f"{ours / sb3:.2f}x" if sb3 else "n/a"
+        sb3_txt = f"{sb3:.1f}" if sb3 else "missing"
+        print(f"{threads:>7} {gemm / 1e9:>13.1f} {limit:>11.1f} {ours:>15.1f} {sb3_txt:>9} {vs:>7} "
+              f"{ours / limit:>8.0%}")  # fmt: skip
+    print("targets: >= 1.4x SB3 on the same thread count, >= 80 % of the limit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Where the learner runs: CUDA when present, CPU otherwise, with a sensible CPU thread count."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from robot_sac.errors import ConfigError
+
+DEFAULT_MAX_CPU_THREADS = 4
+"""More intra-op threads than this rarely helps 256-wide MLPs and steals cores from the envs."""
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """The torch device for ``sac.device``: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+
+    Raises:
+        ConfigError: ``cuda`` was asked for on a machine without a CUDA device.
+    """
+    cuda = torch.cuda.is_available()
+    match preference:
+        case "auto":
+            return torch.device("cuda" if cuda else "cpu")
+        case "cpu":
+            return torch.device("cpu")
+        case "cuda" if cuda:
+            return torch.device("cuda")
+        case "cuda":
+            raise ConfigError("sac.device: cuda was requested but torch sees no CUDA device; use auto or cpu")
+    raise ConfigError(f"sac.device: {preference!r} is not one of auto, cpu, cuda")
+
+
+def configure_cpu_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op thread count (``None``: min(available cores, 4)) and return it."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = threads if threads is not None else max(1, min(available, DEFAULT_MAX_CPU_THREADS))
+    torch.set_num_threads(count)
+    return count

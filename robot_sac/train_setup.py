@@ -1,0 +1,118 @@
+"""Starting and resuming training runs: the run directory, seeding, and restoring a checkpoint.
+
+A run directory holds ``config.yaml`` (the resolved config), ``run_info.json`` (package, torch and
+device versions, config hash), ``metrics.csv``, ``tensorboard/``, ``checkpoints/`` and
+``learning_curve.png``. A resumed run reads its config back from the directory: only the
+``run.*`` settings (length, intervals) may change, so a resumed curve is the same experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+import robot_sac
+from robot_sac.checkpoint import load_latest_checkpoint, restore_rng_state
+from robot_sac.config_loader import apply_overrides, config_hash, from_mapping, read_yaml_file, to_mapping
+from robot_sac.configs import TrainConfig
+from robot_sac.device import configure_cpu_threads, select_device
+from robot_sac.errors import ConfigError, StorageError
+from robot_sac.metrics import MetricsLogger
+from robot_sac.normalization import ObservationNormalizer
+from robot_sac.replay import ReplayBuffer
+from robot_sac.sac import SAC
+from robot_sac.train import Counters, Trainer
+from robot_sac.train_envs import make_training_envs
+
+CONFIG_FILE = "config.yaml"
+RUN_INFO_FILE = "run_info.json"
+
+
+def _seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def _write_run_files(run_dir: Path, config: TrainConfig, device: torch.device, threads: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_mapping(config), sort_keys=False), encoding="utf-8")
+    info = {
+        "robot_sac_version": robot_sac.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "cpu_threads": threads,
+        "config_sha256": config_hash(config),
+    }
+    (run_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def start_run(config: TrainConfig, run_dir: Path, *, show_progress: bool = True) -> Trainer:
+    """A fresh run in ``run_dir`` (which must not hold a run already)."""
+    if (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"--out {run_dir} already holds a run; use --resume {run_dir} or another --out")
+    rng = _seed_everything(config.seed)
+    device = select_device(config.sac.device)
+    threads = configure_cpu_threads(config.sac.cpu_threads)
+    envs = make_training_envs(config)
+    agent = SAC(envs.obs_dim, envs.action_dim, config.sac, device)
+    buffer = ReplayBuffer(config.sac.buffer_size, envs.obs_dim, envs.action_dim)
+    _write_run_files(run_dir, config, device, threads)
+    logger = MetricsLogger(run_dir)
+    return Trainer(config=config, agent=agent, buffer=buffer, envs=envs, logger=logger, run_dir=run_dir,
+                   rng=rng, show_progress=show_progress)  # fmt: skip
+
+
+def load_run_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> TrainConfig:
+    """The saved config of ``run_dir`` with ``run.*`` overrides (others are refused)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no {CONFIG_FILE} there; is it a robot-sac run directory?")
+    for item in overrides:
+        if not item.split("=", 1)[0].strip().startswith("run."):
+            raise ConfigError(
+                f"--set {item!r} on --resume: a resumed run keeps its saved config; only run.* settings "
+                "(length, intervals) may change. Start a new run to change anything else."
+            )
+    return from_mapping(TrainConfig, apply_overrides(read_yaml_file(path), overrides), source=str(path))
+
+
+def resume_run(run_dir: Path, config: TrainConfig, *, show_progress: bool = True) -> Trainer:
+    """Continue ``run_dir`` from its newest checkpoint with exactly the saved weights and state."""
+    found = load_latest_checkpoint(run_dir)  # falls back to an older one if the newest is corrupt
+    if found is None:
+        raise StorageError(f"--resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'}")
+    checkpoint, state = found
+    rng = _seed_everything(config.seed)
+    device = select_device(config.sac.device)
+    threads = configure_cpu_threads(config.sac.cpu_threads)
+    normalizer = _restore_normalizer(state.get("normalizer"))
+    envs = make_training_envs(config, normalizer)
+    agent = SAC(envs.obs_dim, envs.action_dim, config.sac, device)
+    agent.load_state_dict(state["agent"])
+    replay_path = checkpoint / "replay.npz"
+    if replay_path.is_file():
+        buffer = ReplayBuffer.load(replay_path)
+    else:
+        buffer = ReplayBuffer(config.sac.buffer_size, envs.obs_dim, envs.action_dim)
+    restore_rng_state(state["rng"], rng)
+    counters = Counters(**state["counters"])
+    _write_run_files(run_dir, config, device, threads)
+    logger = MetricsLogger(run_dir, resume=True)
+    logger.truncate_after(counters.env_steps)
+    return Trainer(config=config, agent=agent, buffer=buffer, envs=envs, logger=logger, run_dir=run_dir,
+                   rng=rng, counters=counters, show_progress=show_progress)  # fmt: skip
+
+
+def _restore_normalizer(arrays: dict[str, Any] | None) -> ObservationNormalizer | None:
+    if arrays is None:
+        return None
+    return ObservationNormalizer.from_arrays({k: np.asarray(v) for k, v in arrays.items()})
