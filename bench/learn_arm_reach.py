@@ -37,7 +37,9 @@ def main() -> None:
     trainer = start_run(config, run_dir, show_progress=True)
     started = time.perf_counter()
     try:
-        final = trainer.train(config.run.total_steps, stop_when=lambda m: m.get("eval/success_rate", 0.0) >= args.target)
+        final = trainer.train(
+            config.run.total_steps, stop_when=lambda m: m.get("eval/success_rate", 0.0) >= args.target
+        )
     finally:
         trainer.close()
     elapsed = time.perf_counter() - started

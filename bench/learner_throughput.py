@@ -31,7 +31,9 @@ from robot_sac.sac import SAC
 OBS_DIM, ACTION_DIM, HIDDEN, BATCH = 26, 6, 256, 256
 
 
-def update_flops(obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, hidden: int = HIDDEN, batch: int = BATCH) -> float:
+def update_flops(
+    obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM, hidden: int = HIDDEN, batch: int = BATCH
+) -> float:
     """Multiply-add FLOPs (x2) of one SAC-v2 update, from the linear layers' shapes.
 
     Forward is 2·B·in·out per layer, backward 4·B·in·out (input and weight gradients):
@@ -92,8 +94,8 @@ def robot_sac_rate(updates: int, repeats: int) -> float:
 def sb3_rate(updates: int, repeats: int) -> float | None:
     """Updates/s of Stable-Baselines3's `SAC.train` on the same sizes, or None if SB3 is missing."""
     try:
-        from stable_baselines3 import SAC as SB3SAC  # noqa: PLC0415, N811 - optional baseline
-        from stable_baselines3.common.logger import configure  # noqa: PLC0415
+        from stable_baselines3 import SAC as SB3SAC
+        from stable_baselines3.common.logger import configure
     except ImportError:
         return None
 

@@ -52,15 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     roll.add_argument("--out", type=Path, default=Path("runs/rollout"), help="report directory")
 
     train = sub.add_parser("train", help="train SAC in simulation (or on any gymnasium Box env)")
-    train.add_argument("--config", type=Path, default=None,
-                       help=f"train YAML (default: {DEFAULT_TRAIN_CONFIG.relative_to(REPO_CONFIG_DIR.parent)})")  # fmt: skip
+    default_config = DEFAULT_TRAIN_CONFIG.relative_to(REPO_CONFIG_DIR.parent)
+    train.add_argument("--config", type=Path, default=None, help=f"train YAML (default: {default_config})")
     train.add_argument("--env", default=None, metavar="ID", help="a registered gymnasium id, e.g. Pendulum-v1")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set sac.learning_rate=1e-3 (repeatable)")  # fmt: skip
     train.add_argument("--steps", type=int, default=None, help="total env steps (run.total_steps)")
     train.add_argument("--seed", type=int, default=None, help="seed (default: the config's)")
     train.add_argument("--out", type=Path, default=None, help="run directory (default: runs/train-<time>)")
-    train.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a run from its checkpoint")
+    train.add_argument(
+        "--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a run from its checkpoint"
+    )
     train.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
@@ -90,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from robot_sac.metrics import plot_learning_curves  # noqa: PLC0415 - torch/matplotlib only for training
-    from robot_sac.train_setup import load_run_config, resume_run, start_run  # noqa: PLC0415
+    from robot_sac.metrics import plot_learning_curves
+    from robot_sac.train_setup import load_run_config, resume_run, start_run
 
     overrides = list(args.overrides)
     if args.steps is not None:

@@ -317,13 +317,20 @@ class SAC:
         """Restore `state_dict` output; the learner must be built with the same dims and variant.
 
         Raises:
-            ConfigError: the state was written for other dimensions, another variant or a
-                fixed/learned temperature that differs from this config.
+            ConfigError: the state was written for other dimensions, another variant, other network
+                sizes or a fixed/learned temperature that differs from this config.
         """
         self._check_compatible(state)
         for name, part in self._parts().items():
-            if part is not None:
+            if part is None:
+                continue
+            try:
                 part.load_state_dict(state[name])
+            except (RuntimeError, ValueError) as err:  # torch's "size mismatch" / optimizer group errors
+                raise ConfigError(
+                    f"the SAC state's {name} does not fit this learner: sac.network differs from the run that "
+                    f"wrote it; resume with the run's saved config ({err})"
+                ) from err
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
             self._policy_stats = state["policy_stats"].to(self.device, copy=True)

@@ -102,9 +102,7 @@ class Trainer:
         """The shared observation statistics (None when normalization is off)."""
         return self.envs.normalizer
 
-    def train(
-        self, total_steps: int, stop_when: Callable[[dict[str, float]], bool] | None = None
-    ) -> dict[str, float]:
+    def train(self, total_steps: int, stop_when: Callable[[dict[str, float]], bool] | None = None) -> dict[str, float]:
         """Step the env until ``total_steps`` env steps in all (counting earlier, resumed steps).
 
         Args:

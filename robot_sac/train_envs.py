@@ -37,7 +37,9 @@ class TrainingEnvs:
         self.evaluation.close()
 
 
-def _foreign_env(env_id: str, normalizer: ObservationNormalizer | None, update: bool) -> gym.Env[np.ndarray, np.ndarray]:
+def _foreign_env(
+    env_id: str, normalizer: ObservationNormalizer | None, update: bool
+) -> gym.Env[np.ndarray, np.ndarray]:
     try:
         env = gym.make(env_id)
     except gym.error.Error as err:

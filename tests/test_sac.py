@@ -239,6 +239,25 @@ def test_gradient_norm_clipping():
         assert module is not None and _grad_norm(module) <= 1e-3 * (1 + 1e-5)
 
 
+def test_likelihood_ratio_gradient_equals_the_reparameterized_one_in_expectation():
+    """Both actor gradients estimate grad E_a~pi[alpha log pi(a|s) - Q(s, a)]; the baseline adds no bias."""
+    n, alpha = 100_000, 0.2
+    grads = {}
+    for mode in ("reparameterization", "likelihood_ratio"):
+        sac = make_sac(obs_dim=1, action_dim=1, actor_gradient=mode, alpha=alpha)
+        sac.actor_optimizer = torch.optim.SGD(sac.actor.parameters(), lr=0.0)  # keep the gradients, move nothing
+        obs = torch.full((n, 1), 0.5)
+        action, log_prob = sac.actor.sample(
+            obs, reparameterize=mode == "reparameterization", generator=torch.Generator().manual_seed(1)
+        )
+        q = -((action - 0.3) ** 2).sum(dim=-1)  # a known smooth critic
+        baseline = (q - alpha * log_prob).mean().detach().expand(n)  # V(s) estimate: action-independent
+        sac._actor_step(log_prob, q, torch.tensor(alpha), baseline)
+        grads[mode] = torch.cat([p.grad.flatten() for p in sac.actor.parameters() if p.grad is not None])
+    pathwise, score = grads["reparameterization"], grads["likelihood_ratio"]
+    assert (pathwise - score).norm() < 0.02 * pathwise.norm()
+
+
 # --- acting -------------------------------------------------------------------------------------
 
 
@@ -310,6 +329,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(overrides: dict[str, object])
         ({}, {"variant": "v1"}, "variant"),
         ({"alpha": 0.2}, {}, "alpha"),
         ({}, {"obs_dim": OBS + 1}, "obs_dim"),
+        ({}, {"network": NetworkConfig(hidden_sizes=(16, 8))}, "sac.network"),
     ],
 )
 def test_load_state_dict_refuses_another_configuration(saved: dict[str, object], loaded: dict[str, object], match: str):

@@ -36,7 +36,9 @@ def _tiny_pendulum(tmp_path: Path, steps: int, extra: tuple[str, ...] = ()) -> l
 
 
 def test_cli_train_writes_a_complete_run_directory(tmp_path: Path) -> None:
-    assert main(_tiny_pendulum(tmp_path, 400, ("run.eval_interval_steps=200", "run.checkpoint_interval_steps=200"))) == 0
+    assert (
+        main(_tiny_pendulum(tmp_path, 400, ("run.eval_interval_steps=200", "run.checkpoint_interval_steps=200"))) == 0
+    )
     run = tmp_path / "run"
     saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert saved["env_id"] == "Pendulum-v1" and saved["run"]["total_steps"] == 400
@@ -57,7 +59,9 @@ def test_cli_refuses_to_overwrite_a_run(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_resume_continues_with_exactly_the_saved_weights(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert main(_tiny_pendulum(tmp_path, 300, ("run.checkpoint_interval_steps=300", "run.eval_interval_steps=300"))) == 0
+    assert (
+        main(_tiny_pendulum(tmp_path, 300, ("run.checkpoint_interval_steps=300", "run.eval_interval_steps=300"))) == 0
+    )
     saved = load_checkpoint(latest_checkpoint(run))
     config = load_run_config(run, ("run.total_steps=500",))
     trainer = resume_run(run, config, show_progress=False)
