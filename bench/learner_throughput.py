@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from robot_sac.configs import NetworkConfig, SACConfig
+from robot_sac.device import configure_allocator
 from robot_sac.replay import ReplayBuffer
 from robot_sac.sac import SAC
 
@@ -124,9 +125,11 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    # Process-wide, so SB3 (measured in this process too) gets the same allocator setting.
+    allocator = "glibc heap reuse" if configure_allocator() else "default allocator"
     flops = update_flops()
     print(f"SAC update, obs {OBS_DIM}, action {ACTION_DIM}, {HIDDEN}x{HIDDEN}, batch {BATCH}: "
-          f"{flops / 1e9:.3f} GFLOP per update (matmuls)")  # fmt: skip
+          f"{flops / 1e9:.3f} GFLOP per update (matmuls), {allocator}")  # fmt: skip
     print(f"{'threads':>7} {'GEMM GFLOP/s':>13} {'limit up/s':>11} {'robot-sac up/s':>15} {'SB3 up/s':>9} "
           f"{'vs SB3':>7} {'of limit':>9}")  # fmt: skip
     for threads in (1, 2):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 
 import torch
@@ -37,3 +39,33 @@ def configure_cpu_threads(threads: int | None = None) -> int:
     count = threads if threads is not None else max(1, min(available, DEFAULT_MAX_CPU_THREADS))
     torch.set_num_threads(count)
     return count
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's maximum on 64-bit
+_TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+
+def configure_allocator() -> bool:
+    """Keep the learner's freed tensor buffers in the heap for reuse (glibc only).
+
+    An update allocates and frees many 0.1-1 MB activation and gradient buffers. By default glibc
+    serves blocks that large with mmap and returns them with munmap, so every update pays page
+    faults and zeroing for fresh pages. Raising the mmap and trim thresholds keeps them in the heap
+    (the same effect PyTorch's CPU tuning guide gets from jemalloc/tcmalloc). Returns whether the
+    setting took effect (False on non-glibc systems, where nothing changes).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+    )

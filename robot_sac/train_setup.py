@@ -22,7 +22,7 @@ import robot_sac
 from robot_sac.checkpoint import load_latest_checkpoint, restore_rng_state
 from robot_sac.config_loader import apply_overrides, config_hash, from_mapping, read_yaml_file, to_mapping
 from robot_sac.configs import TrainConfig
-from robot_sac.device import configure_cpu_threads, select_device
+from robot_sac.device import configure_allocator, configure_cpu_threads, select_device
 from robot_sac.errors import ConfigError, StorageError
 from robot_sac.metrics import MetricsLogger
 from robot_sac.normalization import ObservationNormalizer
@@ -36,6 +36,7 @@ RUN_INFO_FILE = "run_info.json"
 
 
 def _seed_everything(seed: int) -> np.random.Generator:
+    configure_allocator()
     random.seed(seed)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
