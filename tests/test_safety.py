@@ -316,8 +316,16 @@ def _expect(decision: SafetyDecision, *stages: str) -> None:
     assert decision.clipped == {s: s in stages for s in CLIP_STAGES}
 
 
+def _velocity_bound_spec() -> RobotSpec:
+    """arm4 with shoulder and elbow allowed 0.04 rad per tick but only 1.5 rad/s * 0.02 s = 0.03 rad."""
+    slow = _spec_with(1, max_step_rad=0.04)
+    return dataclasses.replace(
+        slow, joints=(*slow.joints[:2], dataclasses.replace(slow.joints[2], max_step_rad=0.04), *slow.joints[3:])
+    )
+
+
 def test_counts_increment_exactly_per_stage() -> None:
-    f = _filter()
+    f = _filter(_velocity_bound_spec())
     d = f.from_action(np.zeros(DOF))
     _expect(d)
     assert f.counts == SafetyCounts()
@@ -393,9 +401,10 @@ def test_disabling_soft_limits_lets_targets_into_the_margin_only() -> None:
     _expect(d_off, "rate")  # the rate stage still works
     assert d_off.target_rad[0] == pytest.approx(ARM4.soft_upper_rad[0] + 0.04)
     assert off.counts == SafetyCounts(rate=1)
-    # A big move is still rate- and velocity-limited on every joint.
+    # A big move is still limited on every joint (arm4's velocity bounds equal its step bounds, so
+    # only the rate stage counts).
     d = off.from_target(off.last_command_rad + 1.0)
-    _expect(d, "rate", "velocity")
+    _expect(d, "rate")
     assert (np.abs(d.target_rad - d_off.target_rad) <= BOUND + TOL).all()
 
 
@@ -419,8 +428,9 @@ def test_disabling_the_rate_limit_leaves_the_velocity_limit() -> None:
 
 def test_disabling_the_velocity_limit_leaves_the_rate_limit() -> None:
     jump = np.array([0.0, 1.0, 0.0, 0.0])  # shoulder: velocity bound 0.03 rad, rate bound 0.04 rad
-    on, off = _filter(), _filter(config=SafetyConfig(velocity_limit=False))
-    d_on, d_off = on.from_target(ARM4.home_rad + jump), off.from_target(ARM4.home_rad + jump)
+    spec = _velocity_bound_spec()
+    on, off = _filter(spec), _filter(spec, SafetyConfig(velocity_limit=False))
+    d_on, d_off = on.from_target(spec.home_rad + jump), off.from_target(spec.home_rad + jump)
     _expect(d_on, "rate", "velocity")
     assert d_on.target_rad[1] - ARM4.home_rad[1] == pytest.approx(0.03)
     _expect(d_off, "rate")
