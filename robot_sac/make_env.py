@@ -12,6 +12,7 @@ default PyBullet arm. PyBullet is imported only when that entry point runs.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import gymnasium as gym
@@ -26,6 +27,8 @@ from robot_sac.normalization import NormalizeObservation, ObservationNormalizer
 from robot_sac.safety import SafetyFilter
 from robot_sac.spec import RobotSpec, load_robot_spec
 from robot_sac.tasks.arm_reach import ArmReach
+
+log = logging.getLogger(__name__)
 
 
 def make_env(
@@ -48,6 +51,7 @@ def make_env(
         render_mode: ``None`` or ``"rgb_array"`` (simulator backends only).
     """
     spec = backend.spec
+    _warn_if_actions_are_velocity_clipped(spec)
     task = ArmReach(spec, config.task)
     env: gym.Env[np.ndarray, np.ndarray] = RobotEnv(
         backend, task, SafetyFilter(spec, config.safety), render_mode=render_mode
@@ -60,6 +64,20 @@ def make_env(
             normalizer = ObservationNormalizer(dim, clip_sigma=n.clip_sigma, epsilon=n.epsilon)
         env = NormalizeObservation(env, normalizer, update_stats=update_normalizer)
     return env
+
+
+def _warn_if_actions_are_velocity_clipped(spec: RobotSpec) -> None:
+    """In-range actions should pass the filter unchanged; otherwise the critic never sees them."""
+    slow = spec.max_step_rad > spec.max_velocity_rad_s * spec.dt_s + 1e-12
+    if slow.any():
+        names = [spec.joint_names[i] for i in np.flatnonzero(slow)]
+        log.warning(
+            "joints %s: max_step_rad exceeds max_velocity_rad_s / control_hz, so in-range actions are cut by "
+            "the velocity limit and a learner never sees the actions its policy emits; set max_step_rad <= "
+            "max_velocity_rad_s / control_hz in %s's spec",
+            names,
+            spec.name,
+        )
 
 
 def make_sim_backend(config: EnvConfig, spec: RobotSpec) -> RobotBackend:

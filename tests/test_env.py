@@ -260,3 +260,20 @@ def test_repeated_bad_actions_latch_until_rearm(arm4_spec: RobotSpec) -> None:
         env.reset(seed=4)
     env.unwrapped.rearm()
     env.reset(seed=4)
+
+
+def test_a_spec_whose_actions_get_velocity_clipped_is_warned_about(
+    arm4_spec: RobotSpec, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+
+    joints = list(arm4_spec.joints)
+    joints[1] = dataclasses.replace(joints[1], max_step_rad=0.04)  # 1.5 rad/s allows only 0.03 rad per tick
+    spec = dataclasses.replace(arm4_spec, joints=tuple(joints))
+    with caplog.at_level("WARNING", logger="robot_sac.make_env"):
+        _fake_env(spec)
+    assert "shoulder_pitch" in caplog.text and "max_velocity_rad_s / control_hz" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="robot_sac.make_env"):
+        _fake_env(arm4_spec)
+    assert caplog.text == ""
