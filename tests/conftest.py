@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from robot_sac.normalization import ObservationNormalizer
 from robot_sac.spec import RobotSpec, load_robot_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -17,3 +19,11 @@ ARM4_YAML = CONFIG_DIR / "robots" / "arm4.yaml"
 def arm4_spec() -> RobotSpec:
     """The desktop arm of configs/robots/arm4.yaml."""
     return load_robot_spec(ARM4_YAML)
+
+
+@pytest.fixture
+def warmed() -> ObservationNormalizer:
+    """A 3-D normalizer with statistics of 100 seeded samples (mean ~[1, -2, 30])."""
+    norm = ObservationNormalizer(3)
+    norm.update(np.random.default_rng(1).normal([1.0, -2.0, 30.0], [0.5, 2.0, 10.0], size=(100, 3)))
+    return norm

@@ -6,14 +6,11 @@ user would see it: it names the key path, the file and (where there is one) the 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import subprocess
 import sys
-import types
-import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +18,6 @@ import pytest
 import yaml
 
 from robot_sac.config_loader import (
-    UNIT_SUFFIXES,
-    apply_overrides,
     config_hash,
     from_mapping,
     parse_yaml,
@@ -39,7 +34,7 @@ from robot_sac.configs import (
     load_train_config,
 )
 from robot_sac.errors import ConfigError
-from robot_sac.spec import JointSpec, RobotSpec, load_robot_spec
+from robot_sac.spec import RobotSpec, load_robot_spec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ARM4 = CONFIG_DIR / "robots" / "arm4.yaml"
@@ -239,169 +234,6 @@ def test_range_backwards_in_randomization_config_directly() -> None:
         RandomizationConfig(velocity_noise_rad_s=(0.02, 0.0))
 
 
-# --- YAML parsing --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "key"),
-    [
-        ("name: a\ncontrol_hz: 50.0\ncontrol_hz: 100.0\n", "control_hz"),
-        ("joints:\n  - name: a\n    home_rad: 0.0\n    home_rad: 0.1\n", "home_rad"),
-        ("sac:\n  gamma: 0.9\nsac:\n  tau: 0.1\n", "sac"),
-    ],
-    ids=["top_level", "inside_joint", "whole_section"],
-)
-def test_duplicate_key_is_rejected_with_file_and_line(tmp_path: Path, text: str, key: str) -> None:
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError) as info:
-        read_yaml_file(path)
-    message = str(info.value)
-    assert f"duplicate key {key!r}" in message
-    assert str(path) in message
-    assert "first defined on line" in message
-    assert "Remove one of them" in message
-
-
-def test_duplicate_key_in_a_real_robot_file_fails_through_the_loader(tmp_path: Path) -> None:
-    text = ARM4.read_text(encoding="utf-8").replace("control_hz: 50.0\n", "control_hz: 50.0\ncontrol_hz: 500.0\n")
-    path = _write(tmp_path, text)
-    with pytest.raises(ConfigError, match="duplicate key 'control_hz'"):
-        load_robot_spec(path)
-
-
-@pytest.mark.parametrize(
-    ("literal", "value"),
-    [
-        ("1e-3", 0.001),
-        ("1E3", 1000.0),
-        ("-2.5e+2", -250.0),
-        ("+1e-3", 0.001),
-        ("3.0e-4", 3e-4),
-        (".5", 0.5),
-        ("1.", 1.0),
-        ("1_000.5", 1000.5),
-    ],
-)
-def test_yaml_1_2_floats_parse_as_float(literal: str, value: float) -> None:
-    parsed = parse_yaml(f"x: {literal}")["x"]
-    assert type(parsed) is float
-    assert parsed == value
-
-
-def test_special_floats_and_ints_keep_their_types() -> None:
-    parsed = parse_yaml("a: .nan\nb: .inf\nc: -.inf\nd: 10\ne: '1e-3'\nf: 1e3x")
-    assert math.isnan(parsed["a"])
-    assert parsed["b"] == math.inf
-    assert parsed["c"] == -math.inf
-    assert type(parsed["d"]) is int
-    assert parsed["e"] == "1e-3"  # quoted: the user asked for a string
-    assert parsed["f"] == "1e3x"
-
-
-def test_learning_rate_1e_3_loads_as_float_in_a_train_config(tmp_path: Path) -> None:
-    path = _write(tmp_path, "sac:\n  learning_rate: 1e-3\n")
-    config = load_train_config(path)
-    assert type(config.sac.learning_rate) is float
-    assert config.sac.learning_rate == 0.001
-
-
-def test_int_is_accepted_for_a_float_field_and_stored_as_float(tmp_path: Path) -> None:
-    config = load_train_config(_write(tmp_path, "sac:\n  learning_rate: 1\n"))
-    assert type(config.sac.learning_rate) is float
-    assert config.sac.learning_rate == 1.0
-
-
-def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "sac: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML") as info:
-        load_train_config(path)
-    assert str(path) in str(info.value)
-
-
-def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
-    path = _write(tmp_path, "- a\n- b\n")
-    with pytest.raises(ConfigError, match="top level must be a mapping"):
-        load_train_config(path)
-
-
-def test_missing_file_names_the_path(tmp_path: Path) -> None:
-    path = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match="cannot read config file") as info:
-        load_train_config(path)
-    assert str(path) in str(info.value)
-
-
-def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
-    assert load_train_config(_write(tmp_path, "# nothing\n")) == TrainConfig()
-
-
-# --- --set overrides -----------------------------------------------------------------------------
-
-
-def test_override_typo_names_the_valid_key() -> None:
-    data = apply_overrides(read_yaml_file(TRAIN), ["sac.learnin_rate=1e-3"])
-    with pytest.raises(ConfigError) as info:
-        from_mapping(TrainConfig, data, source="--set")
-    message = str(info.value)
-    assert "sac.learnin_rate" in message
-    assert "did you mean 'learning_rate'?" in message
-
-
-def test_override_typo_through_the_loader_names_file_and_key() -> None:
-    with pytest.raises(ConfigError) as info:
-        load_train_config(TRAIN, overrides=("sac.learnin_rate=1e-3",))
-    message = str(info.value)
-    assert str(TRAIN) in message
-    assert "'learning_rate'" in message
-
-
-def test_override_value_is_parsed_as_yaml_1_2_and_validated() -> None:
-    config = load_train_config(
-        TRAIN, overrides=("sac.learning_rate=1e-3", "sac.network.hidden_sizes=[64, 32]", "seed=7")
-    )
-    assert config.sac.learning_rate == 0.001
-    assert config.sac.network.hidden_sizes == (64, 32)
-    assert config.seed == 7
-    with pytest.raises(ConfigError, match=r"sac\.learning_rate = nan is not a finite number"):
-        load_train_config(TRAIN, overrides=("sac.learning_rate=.nan",))
-
-
-def test_override_creates_missing_sections_and_leaves_the_input_untouched() -> None:
-    data = {"sac": {"gamma": 0.9}}
-    before = copy.deepcopy(data)
-    out = apply_overrides(data, ["env.task.horizon_steps=10"])
-    assert data == before
-    assert out == {"sac": {"gamma": 0.9}, "env": {"task": {"horizon_steps": 10}}}
-    assert from_mapping(TrainConfig, out).env.task.horizon_steps == 10
-
-
-@pytest.mark.parametrize(
-    ("item", "expected"),
-    [
-        ("sac.learning_rate", ["--set 'sac.learning_rate'", "key.path=value"]),
-        ("", ["key.path=value"]),
-        ("=0.1", ["empty key"]),
-        ("...=0.1", ["empty key"]),
-        ("seed.value=1", ["'seed' is not a section", "0"]),
-        ("sac.gamma.x=1", ["'gamma' is not a section", "0.98"]),
-        ("sac.learning_rate=[1, 2", ["--set sac.learning_rate", "not valid YAML"]),
-        ("sac.gamma=a: 1\na: 2", ["duplicate key 'a'"]),
-    ],
-    ids=["no_equals", "empty", "empty_key", "only_dots", "into_int", "into_float", "bad_yaml", "duplicate"],
-)
-def test_bad_override_raises_config_error(item: str, expected: list[str]) -> None:
-    with pytest.raises(ConfigError) as info:
-        apply_overrides(read_yaml_file(TRAIN), [item])
-    for fragment in expected:
-        assert fragment in str(info.value), f"{fragment!r} not in {info.value!s}"
-
-
-def test_override_with_wrong_type_fails_in_from_mapping() -> None:
-    data = apply_overrides({}, ["sac.batch_size=big"])
-    with pytest.raises(ConfigError, match=r"sac.batch_size must be an integer, got 'big'"):
-        from_mapping(TrainConfig, data)
-
-
 # --- every shipped config loads -----------------------------------------------------------------
 
 ROBOT_FILES = sorted((CONFIG_DIR / "robots").glob("*.yaml"))
@@ -549,93 +381,3 @@ def test_to_mapping_from_mapping_round_trips(make: Callable[[], Any]) -> None:
     assert config_hash(again) == config_hash(config)
     # The plain form is YAML-safe and survives a strict re-parse.
     assert from_mapping(type(config), parse_yaml(yaml.safe_dump(data))) == config
-
-
-# --- unit naming (STYLE.md rule 12) --------------------------------------------------------------
-
-
-def _scalar_type(tp: Any) -> Any:
-    """float for ``float``, ``float | None`` and ``tuple[float, ...]``; the schema type otherwise."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _scalar_type(inner)
-    if origin is tuple:
-        items = {a for a in typing.get_args(tp) if a is not Ellipsis}
-        assert len(items) == 1, f"mixed tuple {tp!r}"
-        return _scalar_type(items.pop())
-    return tp
-
-
-def _schema_fields(cls: type, seen: set[type] | None = None) -> Iterator[tuple[type, dataclasses.Field[Any], Any]]:
-    """Every (schema, field, scalar type) reachable from ``cls``, each schema once."""
-    seen = set() if seen is None else seen
-    if cls in seen:
-        return
-    seen.add(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        scalar = _scalar_type(hints[f.name])
-        if dataclasses.is_dataclass(scalar):
-            yield from _schema_fields(scalar, seen)  # type: ignore[arg-type]
-        else:
-            yield cls, f, scalar
-
-
-def _suffix_unit(name: str) -> str | None:
-    """The unit whose suffix is the longest one ``name`` ends with (``_rad_s`` beats ``_s``)."""
-    matches = [(len(suffix), unit) for unit, suffix in UNIT_SUFFIXES.items() if name.endswith(suffix)]
-    return max(matches)[1] if matches else None
-
-
-SCHEMA_FIELDS = [*_schema_fields(TrainConfig), *_schema_fields(RobotSpec)]
-
-
-def test_schema_walk_reaches_every_schema() -> None:
-    schemas = {cls.__name__ for cls, _, _ in SCHEMA_FIELDS}
-    assert {"TrainConfig", "SACConfig", "EnvConfig", "ArmReachConfig", "SimConfig", "RandomizationConfig"} <= schemas
-    assert {"SafetyConfig", "NormalizationConfig", "RobotSpec", "JointSpec"} <= schemas
-    assert sum(1 for _, f, _ in SCHEMA_FIELDS if f.metadata.get("unit")) >= 15
-
-
-@pytest.mark.parametrize(
-    ("cls", "field"),
-    [(cls, f) for cls, f, _ in SCHEMA_FIELDS if f.metadata.get("unit")],
-    ids=lambda x: x.__name__ if isinstance(x, type) else x.name,
-)
-def test_every_unit_field_name_ends_with_its_unit_suffix(cls: type, field: dataclasses.Field[Any]) -> None:
-    unit = field.metadata["unit"]
-    assert unit in UNIT_SUFFIXES, f"{cls.__name__}.{field.name}: unit {unit!r} has no entry in UNIT_SUFFIXES"
-    assert field.name.endswith(UNIT_SUFFIXES[unit]), (
-        f"{cls.__name__}.{field.name} should end with {UNIT_SUFFIXES[unit]}"
-    )
-    assert _suffix_unit(field.name) == unit
-
-
-@pytest.mark.parametrize(
-    ("cls", "field"),
-    [(cls, f) for cls, f, scalar in SCHEMA_FIELDS if scalar is float and _suffix_unit(f.name)],
-    ids=lambda x: x.__name__ if isinstance(x, type) else x.name,
-)
-def test_every_float_field_with_a_unit_suffix_declares_the_unit(cls: type, field: dataclasses.Field[Any]) -> None:
-    assert field.metadata.get("unit") == _suffix_unit(field.name), f"{cls.__name__}.{field.name}"
-
-
-def test_every_schema_field_is_declared_with_param() -> None:
-    for cls, f, _ in SCHEMA_FIELDS:
-        assert {"unit", "ge", "gt", "le", "lt", "doc"} <= set(f.metadata), f"{cls.__name__}.{f.name} lacks param()"
-
-
-def test_joint_spec_properties_derive_from_fields() -> None:
-    joint = load_robot_spec(ARM4).joints[0]
-    assert isinstance(joint, JointSpec)
-    assert joint.soft_lower_rad == joint.lower_rad + joint.soft_margin_rad
-    assert joint.soft_upper_rad == joint.upper_rad - joint.soft_margin_rad
-
-
-def test_yaml_1_1_booleans_are_not_bools(tmp_path: Path) -> None:
-    # YAML 1.1 reads `on` as True; a typo'd or legacy spelling must not silently enable a feature.
-    bad = tmp_path / "env.yaml"
-    bad.write_text("sim:\n  randomization:\n    enabled: on\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"sim\.randomization\.enabled must be true or false, got 'on'"):
-        load_env_config(bad)
