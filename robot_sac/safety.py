@@ -126,9 +126,7 @@ class SafetyFilter:
     @property
     def last_command_rad(self) -> np.ndarray:
         """The last commanded target (the hold target), shape (dof,)."""
-        if self._last is None:
-            raise EnvStateError("SafetyFilter used before reset(measured_position_rad)")
-        return np.array(self._last)
+        return np.array(self._require_last())
 
     def reset(self, measured_position_rad: np.ndarray) -> None:
         """Seed the rate limiter from the measured position (clamped into the hard limits)."""

@@ -37,9 +37,8 @@ class TrainingEnvs:
         self.evaluation.close()
 
 
-def _foreign_env(
-    env_id: str, normalizer: ObservationNormalizer | None, update: bool
-) -> gym.Env[np.ndarray, np.ndarray]:
+def _foreign_env(env_id: str) -> gym.Env[np.ndarray, np.ndarray]:
+    """``gym.make(env_id)`` checked for SAC (flat, bounded Box spaces), actions rescaled to [-1, 1]."""
     try:
         env = gym.make(env_id)
     except gym.error.Error as err:
@@ -50,10 +49,7 @@ def _foreign_env(
         raise ConfigError(f"env_id: {env_id!r} must have flat (1-D) observation and action spaces")
     if not np.isfinite(env.action_space.low).all() or not np.isfinite(env.action_space.high).all():
         raise ConfigError(f"env_id: {env_id!r} has an unbounded action space; SAC needs finite bounds")
-    env = RescaleAction(env, np.float32(-1.0), np.float32(1.0))
-    if normalizer is not None:
-        env = NormalizeObservation(env, normalizer, update_stats=update)
-    return env
+    return RescaleAction(env, np.float32(-1.0), np.float32(1.0))
 
 
 def make_training_envs(config: TrainConfig, normalizer: ObservationNormalizer | None = None) -> TrainingEnvs:
@@ -73,13 +69,13 @@ def make_training_envs(config: TrainConfig, normalizer: ObservationNormalizer | 
         evaluation = make_env(config.env, make_sim_backend(config.env, spec), normalizer=normalizer,
                               update_normalizer=False)  # fmt: skip
     else:
-        if normalizer is None and norm_cfg.enabled:
-            probe = gym.make(config.env_id)
-            dim = int((probe.observation_space.shape or (0,))[0])
-            probe.close()
-            normalizer = ObservationNormalizer(dim, clip_sigma=norm_cfg.clip_sigma, epsilon=norm_cfg.epsilon)
-        train = _foreign_env(config.env_id, normalizer, update=True)
-        evaluation = _foreign_env(config.env_id, normalizer, update=False)
+        train, evaluation = _foreign_env(config.env_id), _foreign_env(config.env_id)
+        if norm_cfg.enabled:
+            if normalizer is None:
+                dim = int((train.observation_space.shape or (0,))[0])
+                normalizer = ObservationNormalizer(dim, clip_sigma=norm_cfg.clip_sigma, epsilon=norm_cfg.epsilon)
+            train = NormalizeObservation(train, normalizer, update_stats=True)
+            evaluation = NormalizeObservation(evaluation, normalizer, update_stats=False)
     obs_shape = train.observation_space.shape or (0,)
     act_shape = train.action_space.shape or (0,)
     return TrainingEnvs(train, evaluation, normalizer, int(obs_shape[0]), int(act_shape[0]))

@@ -35,23 +35,16 @@ from robot_sac.configs import (
 )
 from robot_sac.errors import ConfigError
 from robot_sac.spec import RobotSpec, load_robot_spec
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ARM4 = CONFIG_DIR / "robots" / "arm4.yaml"
-TRAIN = CONFIG_DIR / "train" / "arm_reach_sim.yaml"
-ENV = CONFIG_DIR / "envs" / "arm_reach.yaml"
+from tests.conftest import ARM4_YAML as ARM4
+from tests.conftest import CONFIG_DIR, write_config
+from tests.conftest import ENV_YAML as ENV
+from tests.conftest import TRAIN_YAML as TRAIN
 
 Mutation = Callable[[dict[str, Any]], None]
 
 
 def _arm4() -> dict[str, Any]:
     return read_yaml_file(ARM4)
-
-
-def _write(tmp_path: Path, data: dict[str, Any] | str, name: str = "config.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def _set(*keys: str | int, value: Any) -> Mutation:
@@ -143,7 +136,7 @@ def test_bad_robot_spec_raises_config_error_naming_the_key(
 ) -> None:
     data = _arm4()
     mutate(data)
-    path = _write(tmp_path, data)
+    path = write_config(tmp_path, data)
     with pytest.raises(ConfigError) as info:
         load_robot_spec(path)
     message = str(info.value)
@@ -209,7 +202,7 @@ BAD_ENVS: list[tuple[str, str, list[str]]] = [
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BAD_TRAIN], ids=[c[0] for c in BAD_TRAIN])
 def test_bad_train_config_raises_config_error_naming_the_key(tmp_path: Path, text: str, expected: list[str]) -> None:
-    path = _write(tmp_path, text)
+    path = write_config(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_train_config(path)
     message = str(info.value)
@@ -220,7 +213,7 @@ def test_bad_train_config_raises_config_error_naming_the_key(tmp_path: Path, tex
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BAD_ENVS], ids=[c[0] for c in BAD_ENVS])
 def test_bad_env_config_raises_config_error_naming_the_key(tmp_path: Path, text: str, expected: list[str]) -> None:
-    path = _write(tmp_path, text)
+    path = write_config(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_env_config(path)
     message = str(info.value)
@@ -317,7 +310,7 @@ def _reverse_keys(value: Any) -> Any:
 )
 def test_config_hash_is_independent_of_key_order(tmp_path: Path, path: Path, load: Callable[[Path], Any]) -> None:
     original = load(path)
-    reordered_file = _write(tmp_path, _reverse_keys(read_yaml_file(path)))
+    reordered_file = write_config(tmp_path, _reverse_keys(read_yaml_file(path)))
     assert list(read_yaml_file(reordered_file)) != list(read_yaml_file(path))
     reordered = load(reordered_file)
     assert reordered == original

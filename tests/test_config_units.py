@@ -6,7 +6,6 @@ import dataclasses
 import types
 import typing
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +17,7 @@ from robot_sac.configs import (
     TrainConfig,
 )
 from robot_sac.spec import JointSpec, RobotSpec, load_robot_spec
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ARM4 = CONFIG_DIR / "robots" / "arm4.yaml"
-
+from tests.conftest import ARM4_YAML as ARM4
 
 # --- unit naming (STYLE.md rule 12) --------------------------------------------------------------
 

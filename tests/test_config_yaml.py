@@ -5,10 +5,8 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from robot_sac.config_loader import (
     apply_overrides,
@@ -23,17 +21,9 @@ from robot_sac.configs import (
 )
 from robot_sac.errors import ConfigError
 from robot_sac.spec import load_robot_spec
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-ARM4 = CONFIG_DIR / "robots" / "arm4.yaml"
-TRAIN = CONFIG_DIR / "train" / "arm_reach_sim.yaml"
-
-
-def _write(tmp_path: Path, data: dict[str, Any] | str, name: str = "config.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
-
+from tests.conftest import ARM4_YAML as ARM4
+from tests.conftest import TRAIN_YAML as TRAIN
+from tests.conftest import write_config
 
 # --- YAML parsing --------------------------------------------------------------------------------
 
@@ -48,7 +38,7 @@ def _write(tmp_path: Path, data: dict[str, Any] | str, name: str = "config.yaml"
     ids=["top_level", "inside_joint", "whole_section"],
 )
 def test_duplicate_key_is_rejected_with_file_and_line(tmp_path: Path, text: str, key: str) -> None:
-    path = _write(tmp_path, text)
+    path = write_config(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         read_yaml_file(path)
     message = str(info.value)
@@ -60,7 +50,7 @@ def test_duplicate_key_is_rejected_with_file_and_line(tmp_path: Path, text: str,
 
 def test_duplicate_key_in_a_real_robot_file_fails_through_the_loader(tmp_path: Path) -> None:
     text = ARM4.read_text(encoding="utf-8").replace("control_hz: 50.0\n", "control_hz: 50.0\ncontrol_hz: 500.0\n")
-    path = _write(tmp_path, text)
+    path = write_config(tmp_path, text)
     with pytest.raises(ConfigError, match="duplicate key 'control_hz'"):
         load_robot_spec(path)
 
@@ -95,27 +85,27 @@ def test_special_floats_and_ints_keep_their_types() -> None:
 
 
 def test_learning_rate_1e_3_loads_as_float_in_a_train_config(tmp_path: Path) -> None:
-    path = _write(tmp_path, "sac:\n  learning_rate: 1e-3\n")
+    path = write_config(tmp_path, "sac:\n  learning_rate: 1e-3\n")
     config = load_train_config(path)
     assert type(config.sac.learning_rate) is float
     assert config.sac.learning_rate == 0.001
 
 
 def test_int_is_accepted_for_a_float_field_and_stored_as_float(tmp_path: Path) -> None:
-    config = load_train_config(_write(tmp_path, "sac:\n  learning_rate: 1\n"))
+    config = load_train_config(write_config(tmp_path, "sac:\n  learning_rate: 1\n"))
     assert type(config.sac.learning_rate) is float
     assert config.sac.learning_rate == 1.0
 
 
 def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
-    path = _write(tmp_path, "sac: [1, 2\n")
+    path = write_config(tmp_path, "sac: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_train_config(path)
     assert str(path) in str(info.value)
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
-    path = _write(tmp_path, "- a\n- b\n")
+    path = write_config(tmp_path, "- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_train_config(path)
 
@@ -128,7 +118,7 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
 
 
 def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
-    assert load_train_config(_write(tmp_path, "# nothing\n")) == TrainConfig()
+    assert load_train_config(write_config(tmp_path, "# nothing\n")) == TrainConfig()
 
 
 # --- --set overrides -----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from robot_sac.errors import ActionOutOfRange, EnvStateError, NonFiniteAction, NonFiniteObservation
-from robot_sac.safety import CLIP_STAGES, SafetyConfig, SafetyCounts, SafetyDecision, SafetyFilter
-from robot_sac.spec import RobotSpec, load_robot_spec
+from robot_sac.safety import CLIP_STAGES, SafetyCounts, SafetyDecision, SafetyFilter
+from tests.safety_helpers import ARM4, BOUND, DOF, TOL, make_filter
 
-ARM4 = load_robot_spec(Path(__file__).resolve().parent.parent / "configs" / "robots" / "arm4.yaml")
-DOF = ARM4.dof
-BOUND = np.minimum(ARM4.max_step_rad, ARM4.max_velocity_rad_s * ARM4.dt_s)
-"""Per-joint largest change per tick: arm4 gives [0.04, 0.03, 0.03, 0.04] rad."""
-TOL = 1e-12
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 
 SPECIALS = [
@@ -77,14 +71,6 @@ in_soft_limits = _between(ARM4.soft_lower_rad, ARM4.soft_upper_rad)
 in_hard_limits = _between(ARM4.lower_rad, ARM4.upper_rad)
 
 
-def _filter(
-    spec: RobotSpec = ARM4, config: SafetyConfig | None = None, start: np.ndarray | None = None
-) -> SafetyFilter:
-    f = SafetyFilter(spec, config)
-    f.reset(spec.home_rad if start is None else start)
-    return f
-
-
 def _check_decision(f: SafetyFilter, decision: SafetyDecision, previous: np.ndarray, counts: SafetyCounts) -> None:
     """The filter's contract for one command, given the command before it was inside the soft limits."""
     assert decision.target_rad.shape == (DOF,) and decision.target_rad.dtype == np.float64
@@ -112,7 +98,7 @@ def _check_decision(f: SafetyFilter, decision: SafetyDecision, previous: np.ndar
 @PROPERTY
 @given(action=vectors, start=in_soft_limits)
 def test_from_action_holds_or_stays_inside_limits(action: np.ndarray, start: np.ndarray) -> None:
-    f = _filter(start=start)
+    f = make_filter(start=start)
     previous, counts = f.last_command_rad, dataclasses.replace(f.counts)
     decision = f.from_action(action)
     _check_decision(f, decision, previous, counts)
@@ -130,7 +116,7 @@ def test_from_action_holds_or_stays_inside_limits(action: np.ndarray, start: np.
 @PROPERTY
 @given(target=vectors, start=in_soft_limits)
 def test_from_target_holds_or_stays_inside_limits(target: np.ndarray, start: np.ndarray) -> None:
-    f = _filter(start=start)
+    f = make_filter(start=start)
     previous, counts = f.last_command_rad, dataclasses.replace(f.counts)
     decision = f.from_target(target)
     _check_decision(f, decision, previous, counts)
@@ -144,7 +130,7 @@ def test_from_target_holds_or_stays_inside_limits(target: np.ndarray, start: np.
 @PROPERTY
 @given(steps=st.lists(st.tuples(st.sampled_from(["action", "target"]), vectors), min_size=1, max_size=40))
 def test_any_command_sequence_keeps_every_command_within_limits(steps: list[tuple[str, np.ndarray]]) -> None:
-    f = _filter()
+    f = make_filter()
     for kind, value in steps:
         previous, counts = f.last_command_rad, dataclasses.replace(f.counts)
         decision = f.from_action(value) if kind == "action" else f.from_target(value)
@@ -186,7 +172,7 @@ def test_first_command_after_reset_is_within_one_bound_of_measured(
 )
 @pytest.mark.parametrize("joint", range(DOF))
 def test_bad_action_entry_faults_and_holds(value: float, fault: type[Exception], joint: int) -> None:
-    f = _filter()
+    f = make_filter()
     f.from_action(np.array([0.5, -0.5, 0.5, -0.5]))
     held = f.last_command_rad
     action = np.zeros(DOF)
@@ -210,7 +196,7 @@ def test_negative_nan_has_its_sign_bit_set() -> None:
 
 @pytest.mark.parametrize("value", [math.nan, -math.nan, math.inf, -math.inf])
 def test_non_finite_target_faults_and_holds(value: float) -> None:
-    f = _filter()
+    f = make_filter()
     target = ARM4.home_rad.copy()
     target[2] = value
     decision = f.from_target(target)
@@ -220,7 +206,7 @@ def test_non_finite_target_faults_and_holds(value: float) -> None:
 
 
 def test_huge_finite_target_is_clipped_not_a_fault() -> None:
-    f = _filter()
+    f = make_filter()
     decision = f.from_target(np.full(DOF, 1e308))
     assert decision.fault is None
     assert decision.clipped["soft_limit"]
@@ -228,7 +214,7 @@ def test_huge_finite_target_is_clipped_not_a_fault() -> None:
 
 
 def test_exactly_max_abs_action_is_clipped_not_a_fault() -> None:
-    f = _filter()
+    f = make_filter()
     decision = f.from_action(np.array([100.0, -100.0, 0.0, 0.0]))
     assert decision.fault is None
     assert decision.clipped["action_space"]
@@ -244,7 +230,7 @@ def test_step_input_reaches_far_target_in_ceil_distance_over_bound_steps() -> No
     assert (np.abs(ratio - np.round(ratio)) > 0.05).all(), ratio
     expected = np.ceil(ratio).astype(int)
     assert expected.tolist() == [69, 85, 41, 61]
-    f = _filter()
+    f = make_filter()
     commands = [f.last_command_rad]
     for _ in range(expected.max() + 5):
         decision = f.from_target(goal)
@@ -302,7 +288,7 @@ def test_reset_with_a_wrong_shape_is_a_programming_error() -> None:
 
 
 def test_reset_reseeds_after_use() -> None:
-    f = _filter()
+    f = make_filter()
     for _ in range(5):
         f.from_action(np.ones(DOF))
     f.reset(ARM4.home_rad)
@@ -315,7 +301,7 @@ def test_reset_reseeds_after_use() -> None:
 @pytest.mark.parametrize("shape", [(DOF - 1,), (DOF + 1,), (1, DOF), (), (DOF, 1)])
 @pytest.mark.parametrize("method", ["from_action", "from_target"])
 def test_wrong_shape_raises_value_error(shape: tuple[int, ...], method: str) -> None:
-    f = _filter()
+    f = make_filter()
     with pytest.raises(ValueError, match=r"expected shape \(4,\)"):
         getattr(f, method)(np.zeros(shape))
     assert f.counts == SafetyCounts()
@@ -340,7 +326,7 @@ def test_use_before_reset_raises_env_state_error(use: object) -> None:
 
 
 def test_hold_recommands_the_last_target() -> None:
-    f = _filter()
+    f = make_filter()
     f.from_action(np.full(DOF, 0.3))
     d = f.hold()
     np.testing.assert_array_equal(d.target_rad, f.last_command_rad)
@@ -349,7 +335,7 @@ def test_hold_recommands_the_last_target() -> None:
 
 
 def test_decision_arrays_do_not_alias_filter_state() -> None:
-    f = _filter()
+    f = make_filter()
     d = f.from_action(np.full(DOF, 0.5))
     d.target_rad[:] = 99.0
     f.last_command_rad[:] = 99.0

@@ -4,106 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 from robot_sac.errors import ActionOutOfRange, NonFiniteAction
-from robot_sac.safety import CLIP_STAGES, SafetyConfig, SafetyCounts, SafetyDecision, SafetyFilter
-from robot_sac.spec import RobotSpec, load_robot_spec
+from robot_sac.safety import CLIP_STAGES, SafetyConfig, SafetyCounts, SafetyDecision
+from robot_sac.spec import RobotSpec
+from tests.safety_helpers import ARM4, BOUND, DOF, TOL, make_filter
 
-ARM4 = load_robot_spec(Path(__file__).resolve().parent.parent / "configs" / "robots" / "arm4.yaml")
-DOF = ARM4.dof
-BOUND = np.minimum(ARM4.max_step_rad, ARM4.max_velocity_rad_s * ARM4.dt_s)
-"""Per-joint largest change per tick: arm4 gives [0.04, 0.03, 0.03, 0.04] rad."""
-TOL = 1e-12
-PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)
-
-SPECIALS = [
-    math.nan,
-    -math.nan,
-    math.inf,
-    -math.inf,
-    1e308,
-    -1e308,
-    1.7976931348623157e308,
-    0.0,
-    -0.0,
-    5e-324,
-    -5e-324,
-    2.2250738585072014e-308,
-    1.0,
-    -1.0,
-    1.0000000000000002,
-    100.0,
-    -100.0,
-    100.00000000000001,
-    1e9,
-]
-
-any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
-vectors = st.one_of(
-    arrays(np.float64, DOF, elements=any_float),
-    arrays(
-        np.float64,
-        DOF,
-        elements=st.one_of(
-            st.sampled_from(SPECIALS),
-            st.floats(-2.0, 2.0),
-            st.floats(-200.0, 200.0),
-            st.floats(-4.0, 4.0),  # absolute targets around the joint ranges
-        ),
-    ),
-)
-
-
-def _between(lower: np.ndarray, upper: np.ndarray) -> st.SearchStrategy[np.ndarray]:
-    # Clipped: lower + 1.0 * (upper - lower) can round an ulp past upper.
-    fractions = st.tuples(*[st.floats(0.0, 1.0)] * DOF)
-    return fractions.map(lambda f: np.clip(lower + np.array(f) * (upper - lower), lower, upper))
-
-
-in_soft_limits = _between(ARM4.soft_lower_rad, ARM4.soft_upper_rad)
-in_hard_limits = _between(ARM4.lower_rad, ARM4.upper_rad)
-
-
-def _filter(
-    spec: RobotSpec = ARM4, config: SafetyConfig | None = None, start: np.ndarray | None = None
-) -> SafetyFilter:
-    f = SafetyFilter(spec, config)
-    f.reset(spec.home_rad if start is None else start)
-    return f
-
-
-def _check_decision(f: SafetyFilter, decision: SafetyDecision, previous: np.ndarray, counts: SafetyCounts) -> None:
-    """The filter's contract for one command, given the command before it was inside the soft limits."""
-    assert decision.target_rad.shape == (DOF,) and decision.target_rad.dtype == np.float64
-    assert decision.executed_action.shape == (DOF,) and decision.executed_action.dtype == np.float32
-    assert np.isfinite(decision.executed_action).all()
-    assert (np.abs(decision.executed_action) <= 1.0).all()
-    assert set(decision.clipped) == set(CLIP_STAGES)
-    if decision.fault is not None:
-        assert isinstance(decision.fault, NonFiniteAction | ActionOutOfRange)
-        assert np.array_equal(decision.target_rad, previous)  # hold
-        assert np.array_equal(f.last_command_rad, previous)  # state unchanged
-        assert not decision.any_clipped
-        assert (decision.executed_action == 0).all()
-        assert f.counts == dataclasses.replace(counts, faults=counts.faults + 1)
-        return
-    target = decision.target_rad
-    assert np.isfinite(target).all()
-    assert (ARM4.soft_lower_rad <= target).all() and (target <= ARM4.soft_upper_rad).all()
-    assert (np.abs(target - previous) <= BOUND + TOL).all()
-    assert np.array_equal(f.last_command_rad, target)
-    np.testing.assert_allclose(decision.executed_action, (target - previous) / ARM4.max_step_rad, rtol=1e-6, atol=1e-12)
-    assert f.counts.faults == counts.faults
-
-
-@PROPERTY
 # --- flags and counts ----------------------------------------------------------------------------
 
 
@@ -120,7 +29,7 @@ def _velocity_bound_spec() -> RobotSpec:
 
 
 def test_counts_increment_exactly_per_stage() -> None:
-    f = _filter(_velocity_bound_spec())
+    f = make_filter(_velocity_bound_spec())
     d = f.from_action(np.zeros(DOF))
     _expect(d)
     assert f.counts == SafetyCounts()
@@ -167,7 +76,7 @@ def test_counts_increment_exactly_per_stage() -> None:
 def test_soft_limit_alone_is_flagged_when_the_move_fits_the_bound() -> None:
     start = ARM4.home_rad.copy()
     start[0] = ARM4.soft_upper_rad[0] - 0.01
-    f = _filter(start=start)
+    f = make_filter(start=start)
     d = f.from_action(np.array([1.0, 0.0, 0.0, 0.0]))
     _expect(d, "soft_limit")
     assert d.target_rad[0] == ARM4.soft_upper_rad[0]
@@ -189,7 +98,7 @@ def test_disabling_soft_limits_lets_targets_into_the_margin_only() -> None:
     start[0] = ARM4.soft_upper_rad[0]
     goal = start.copy()
     goal[0] = ARM4.upper_rad[0]
-    on, off = _filter(start=start), _filter(config=SafetyConfig(soft_limits=False), start=start)
+    on, off = make_filter(start=start), make_filter(config=SafetyConfig(soft_limits=False), start=start)
     d_on, d_off = on.from_target(goal), off.from_target(goal)
     _expect(d_on, "soft_limit")
     assert d_on.target_rad[0] == ARM4.soft_upper_rad[0]
@@ -207,7 +116,7 @@ def test_disabling_the_rate_limit_leaves_the_velocity_limit() -> None:
     # Base joint with a fast servo: velocity bound 4 rad/s * 0.02 s = 0.08 rad > max_step_rad 0.04 rad.
     spec = _spec_with(0, max_velocity_rad_s=4.0)
     jump = np.array([1.0, 0.0, 0.0, 0.0])
-    on, off = _filter(spec), _filter(spec, SafetyConfig(rate_limit=False))
+    on, off = make_filter(spec), make_filter(spec, SafetyConfig(rate_limit=False))
     d_on, d_off = on.from_target(spec.home_rad + jump), off.from_target(spec.home_rad + jump)
     _expect(d_on, "rate")
     assert d_on.target_rad[0] == pytest.approx(0.04)
@@ -224,7 +133,7 @@ def test_disabling_the_rate_limit_leaves_the_velocity_limit() -> None:
 def test_disabling_the_velocity_limit_leaves_the_rate_limit() -> None:
     jump = np.array([0.0, 1.0, 0.0, 0.0])  # shoulder: velocity bound 0.03 rad, rate bound 0.04 rad
     spec = _velocity_bound_spec()
-    on, off = _filter(spec), _filter(spec, SafetyConfig(velocity_limit=False))
+    on, off = make_filter(spec), make_filter(spec, SafetyConfig(velocity_limit=False))
     d_on, d_off = on.from_target(spec.home_rad + jump), off.from_target(spec.home_rad + jump)
     _expect(d_on, "rate", "velocity")
     assert d_on.target_rad[1] - ARM4.home_rad[1] == pytest.approx(0.03)
@@ -235,7 +144,7 @@ def test_disabling_the_velocity_limit_leaves_the_rate_limit() -> None:
 
 def test_with_every_stage_disabled_the_finite_check_still_runs() -> None:
     config = SafetyConfig(soft_limits=False, rate_limit=False, velocity_limit=False)
-    f = _filter(config=config)
+    f = make_filter(config=config)
     goal = ARM4.home_rad + 0.5
     d = f.from_target(goal)
     _expect(d)
@@ -249,7 +158,7 @@ def test_with_every_stage_disabled_the_finite_check_still_runs() -> None:
 
 
 def test_max_abs_action_is_configurable() -> None:
-    f = _filter(config=SafetyConfig(max_abs_action=2.0))
+    f = make_filter(config=SafetyConfig(max_abs_action=2.0))
     assert isinstance(f.from_action(np.array([2.5, 0.0, 0.0, 0.0])).fault, ActionOutOfRange)
     d = f.from_action(np.array([2.0, 0.0, 0.0, 0.0]))
     assert d.fault is None and d.clipped["action_space"]

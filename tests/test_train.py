@@ -127,3 +127,18 @@ def _flat_tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
         for i, value in enumerate(tree):
             out.update(_flat_tensors(value, f"{prefix}/{i}"))
     return out
+
+
+def test_foreign_env_with_normalization_stores_raw_and_shares_stats(tmp_path: Path) -> None:
+    config = _config(CONFIG_DIR / "train" / "pendulum.yaml", *SMALL, "env.normalization.enabled=true",
+                     "run.total_steps=150", "run.eval_interval_steps=150")  # fmt: skip
+    trainer = start_run(config, tmp_path / "norm", show_progress=False)
+    try:
+        trainer.train(150)
+        normalizer = trainer.normalizer
+        # 1 reset + 150 steps of training; the 200-step evaluation episode added nothing.
+        assert normalizer is not None and normalizer.stats.count == 151
+        stored = trainer.buffer.obs[: len(trainer.buffer)]
+        assert np.abs(stored[:, 2]).max() > 1.0  # raw angular velocity, not normalized values
+    finally:
+        trainer.close()
