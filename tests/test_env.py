@@ -191,7 +191,7 @@ def test_raw_observation_is_kept_for_the_replay_buffer(arm4_spec: RobotSpec) -> 
     for _ in range(10):
         obs, _, _, _, info = env.step(env.action_space.sample())
     raw = info["raw_observation"]
-    assert raw.shape == (18,) and obs.dtype == np.float32
+    assert raw.shape == (21,) and obs.dtype == np.float32
     np.testing.assert_allclose(obs, env.normalizer.normalize(raw), atol=1e-6)
     np.testing.assert_allclose(raw[8:12], info["command_rad"], atol=1e-6)  # the held target is observed
     assert env.observation_space.contains(obs)

@@ -1,12 +1,17 @@
 """ArmReach: bring the end effector within ``success_threshold_m`` of a random reachable point.
 
 Observation (raw, SI), in order: joint positions (rad), joint velocities (rad/s), the joint target
-the robot currently holds (rad), end-effector position (m), target position (m). The held target
+the robot currently holds (rad), end-effector position (m), target position (m), and the vector from
+the end effector to the target (m; redundant, but it is the quantity the policy must drive to zero,
+and giving it directly is what lets a small network resolve millimetres). The held target
 is part of the state because actions are target *deltas*: without it the MDP is not Markov (the
 servo lags its target, so positions alone do not tell where the command is).
 
-Reward: ``-distance_m - action_penalty * |a|^2 - velocity_penalty * |qdot|^2``, with ``a`` the
-executed action in policy units. Episodes never terminate; they end by truncation at the horizon.
+Reward: ``-d - action_penalty * |a|^2 - velocity_penalty * |qdot|^2 + precision_reward *
+exp(-(d / precision_scale_m)^2)``, with ``d`` the tip-target distance in m and ``a`` the executed
+action in policy units. The distance term guides from anywhere; the bonus makes the last
+millimetres worth a clear difference in return (with ``-d`` alone, 1 cm is worth 0.01 per step,
+below the critic's noise). Episodes never terminate; they end by truncation at the horizon.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class ArmReach:
             *(f"command_rad/{j}" for j in joints),
             *(f"end_effector_m/{a}" for a in "xyz"),
             *(f"target_m/{a}" for a in "xyz"),
+            *(f"to_target_m/{a}" for a in "xyz"),
         )
         self._reach_m = self._max_reach_m()
         self._fk_cache: tuple[RobotState | None, np.ndarray] = (None, self._target)
@@ -71,8 +77,8 @@ class ArmReach:
         tol = s.position_tolerance_rad
         vmax = np.full(s.dof, s.measured_velocity_limit_rad_s)
         reach = np.full(3, self._reach_m)
-        low = np.concatenate([s.lower_rad - tol, -vmax, s.lower_rad, -reach, -reach])
-        high = np.concatenate([s.upper_rad + tol, vmax, s.upper_rad, reach, reach])
+        low = np.concatenate([s.lower_rad - tol, -vmax, s.lower_rad, -reach, -reach, -2 * reach])
+        high = np.concatenate([s.upper_rad + tol, vmax, s.upper_rad, reach, reach, 2 * reach])
         return low, high
 
     def reset(self, rng: np.random.Generator, state: RobotState) -> None:
@@ -95,16 +101,19 @@ class ArmReach:
         return math.sqrt(dx * dx + dy * dy + dz * dz)
 
     def observation(self, state: RobotState, command_rad: np.ndarray) -> np.ndarray:
-        """The raw observation, shape (4·dof + 6,), float64."""
+        """The raw observation, shape (4·dof + 9,), float64."""
         ee = self.end_effector_m(state)
-        return np.concatenate([state.position_rad, state.velocity_rad_s, command_rad, ee, self._target])
+        return np.concatenate([state.position_rad, state.velocity_rad_s, command_rad, ee, self._target, self._target - ee])
 
     def reward(self, state: RobotState, executed_action: np.ndarray) -> float:
-        """Dense reward: negative distance with small action and speed penalties."""
+        """Dense reward: negative distance, small action and speed penalties, the precision bonus."""
         c = self.config
         a = np.asarray(executed_action, dtype=np.float64)
+        d = self.distance_m(state)
+        bonus = c.precision_reward * math.exp(-((d / c.precision_scale_m) ** 2)) if c.precision_reward else 0.0
         return float(
-            -self.distance_m(state)
+            -d
+            + bonus
             - c.action_penalty * float(a @ a)
             - c.velocity_penalty * float(state.velocity_rad_s @ state.velocity_rad_s)
         )
