@@ -182,7 +182,7 @@ class SACConfig:
     max_grad_norm: float | None = param(None, gt=0.0, le=1e6, doc="clip each network's gradient norm; null: off")
     network: NetworkConfig = param(NetworkConfig)
     device: Literal["auto", "cpu", "cuda"] = param("auto", doc="auto picks CUDA when present, CPU otherwise")
-    cpu_threads: int | None = param(None, ge=1, le=256, doc="torch CPU threads; null: min(cores, 4)")
+    cpu_threads: int | None = param(None, ge=1, le=256, doc="torch CPU threads; null: OMP_NUM_THREADS if set, else min(cores, 4)")
 
 
 @dataclass(frozen=True, kw_only=True)

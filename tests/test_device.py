@@ -28,12 +28,23 @@ def test_unknown_device_is_a_config_error() -> None:
         select_device("tpu")
 
 
-def test_cpu_threads_default_and_explicit() -> None:
+def test_cpu_threads_default_and_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         assert configure_cpu_threads(1) == 1 and torch.get_num_threads() == 1
         default = configure_cpu_threads(None)
         assert 1 <= default <= 4 and torch.get_num_threads() == default
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cpu_threads_default_follows_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        assert configure_cpu_threads(None) == 1 and torch.get_num_threads() == 1
+        assert configure_cpu_threads(2) == 2  # an explicit config value wins over the environment
     finally:
         torch.set_num_threads(before)
 
