@@ -33,6 +33,9 @@ class RobotBackend(Protocol):
       raises `LimitExceeded` (this second safety layer never clips: the safety filter already did).
       Neither reaches the physics or the wire. Communication and hardware faults raise the typed
       `RobotFault` subclasses.
+    - ``rearm()`` clears a latched fault after an operator inspected the robot; the next
+      ``reset`` re-verifies the robot (hardware: re-opens a lost port, re-runs the servo setup).
+      Simulators have nothing to clear.
     - ``close()`` releases everything; it is idempotent and safe to call after any failure.
       Hardware holds or disables torque according to its configuration.
     """
@@ -52,6 +55,10 @@ class RobotBackend(Protocol):
 
     def step(self, target_rad: np.ndarray) -> RobotState:
         """Hold ``target_rad`` for one control period; return the state measured at its end."""
+        ...
+
+    def rearm(self) -> None:
+        """Clear a latched fault (operator action); the next reset re-verifies the robot."""
         ...
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ import yaml
 from robot_sac.config_loader import config_hash, to_mapping
 from robot_sac.configs import REPO_CONFIG_DIR, load_env_config, load_train_config
 from robot_sac.errors import ConfigError, StorageError
-from robot_sac.make_env import load_env_stack_config, make_env, make_sim_backend
+from robot_sac.make_env import load_env_stack_config, make_backend, make_env
 from robot_sac.scripted import ReachIK
 from robot_sac.spec import load_robot_spec
 
@@ -43,13 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robot-sac", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    roll = sub.add_parser("rollout", help="run ArmReach in PyBullet with the IK controller and report")
+    roll = sub.add_parser("rollout", help="run ArmReach with the IK controller and report (PyBullet or --port)")
     roll.add_argument("--config", type=Path, default=None, help="env YAML (default: built-in defaults)")
     roll.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, e.g. --set task.horizon_steps=150 (repeatable)")  # fmt: skip
     roll.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
     roll.add_argument("--seed", type=int, default=0, help="seed of the first episode")
     roll.add_argument("--out", type=Path, default=Path("runs/rollout"), help="report directory")
+    roll.add_argument("--port", default=None, help="run on servos at this serial port/pty instead of PyBullet")
 
     train = sub.add_parser("train", help="train SAC in simulation (or on any gymnasium Box env)")
     default_config = DEFAULT_TRAIN_CONFIG.relative_to(REPO_CONFIG_DIR.parent)
@@ -166,11 +167,14 @@ def _rollout(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    config, spec = load_env_stack_config(args.config, tuple(args.overrides))
-    env = make_env(config, make_sim_backend(config, spec), render_mode="rgb_array")
+    overrides = tuple(args.overrides) + (("backend=serial", f"serial.port={args.port}") if args.port else ())
+    config, spec = load_env_stack_config(args.config, overrides)
+    simulated = config.backend == "pybullet"
+    env = make_env(config, make_backend(config, spec), render_mode="rgb_array" if simulated else None)
     controller = ReachIK(spec)
     console = Console()
-    console.print(f"ArmReach on [bold]{spec.name}[/] in PyBullet, {args.episodes} episodes, IK controller")
+    where = "PyBullet" if simulated else f"servos on {config.serial.port}"
+    console.print(f"ArmReach on [bold]{spec.name}[/] in {where}, {args.episodes} episodes, IK controller")
     table = Table("seed", "steps", "return", "success", "final distance (mm)", "safety clips", "fault")
     episodes, started = [], time.perf_counter()
     try:

@@ -106,6 +106,34 @@ class SimConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SerialConfig:
+    """The serial backend: Dynamixel X-series servos on a Protocol 2.0 bus (``drivers/``)."""
+
+    port: str = param("", doc="pyserial URL: /dev/ttyUSB0, the pty printed by `robot-sac emulate`, loop://")
+    baud_rate: int = param(1_000_000, ge=9600, le=10_500_000, doc="bus speed in bit/s (the servos' baud_rate)")
+    calibration: str = param("calibration/arm4.json", doc="joint/servo map JSON, relative to configs/ or absolute")
+    transaction_timeout_s: float | None = param(
+        None, unit="s", gt=0.0, le=1.0, doc="one request/reply's budget; null: 0.4 control periods (SAFETY.md #1)"
+    )
+    fault_cycles: int = param(2, ge=1, le=10, doc="consecutive failed cycles before a comm fault is raised")
+    bus_watchdog_s: float = param(
+        0.1, unit="s", ge=0.0, le=2.54, doc="servos stop when no instruction arrives for this long; 0 disables"
+    )
+    return_delay_s: float = param(0.0, unit="s", ge=0.0, le=0.000508, doc="servo reply delay (2 µs units)")
+    homing_speed_rad_s: float = param(0.5, unit="rad/s", gt=0.0, le=3.0, doc="joint speed while homing in reset")
+    homing_tolerance_rad: float = param(0.03, unit="rad", gt=0.0, le=0.5, doc="homing ends this close to home")
+    homing_timeout_s: float = param(15.0, unit="s", gt=0.0, le=120.0, doc="homing that takes longer is a fault")
+    close_action: Literal["hold", "torque_off"] = param(
+        "hold", doc="what close() leaves the servos doing: hold (arm stays up) or torque_off (only if supported)"
+    )
+
+    def calibration_path(self, config_dir: Path = REPO_CONFIG_DIR) -> Path:
+        """The calibration JSON's path: absolute as written, else under ``config_dir``."""
+        path = Path(self.calibration)
+        return path if path.is_absolute() else config_dir / path
+
+
+@dataclass(frozen=True, kw_only=True)
 class NormalizationConfig:
     """Running observation normalization (mean/variance), clipped at ±clip_sigma."""
 
@@ -120,7 +148,9 @@ class EnvConfig:
 
     robot: str = param("robots/arm4.yaml", doc="robot YAML, relative to the configs/ directory or absolute")
     task: ArmReachConfig = param(ArmReachConfig)
+    backend: Literal["pybullet", "serial"] = param("pybullet", doc="the simulator, or servos on a serial port")
     sim: SimConfig = param(SimConfig)
+    serial: SerialConfig = param(SerialConfig)
     safety: SafetyConfig = param(SafetyConfig)
     normalization: NormalizationConfig = param(NormalizationConfig)
 
@@ -182,7 +212,9 @@ class SACConfig:
     max_grad_norm: float | None = param(None, gt=0.0, le=1e6, doc="clip each network's gradient norm; null: off")
     network: NetworkConfig = param(NetworkConfig)
     device: Literal["auto", "cpu", "cuda"] = param("auto", doc="auto picks CUDA when present, CPU otherwise")
-    cpu_threads: int | None = param(None, ge=1, le=256, doc="torch CPU threads; null: OMP_NUM_THREADS if set, else min(cores, 4)")
+    cpu_threads: int | None = param(
+        None, ge=1, le=256, doc="torch CPU threads; null: OMP_NUM_THREADS if set, else min(cores, 4)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

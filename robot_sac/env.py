@@ -157,7 +157,8 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         super().close()
 
     def rearm(self) -> None:
-        """Clear a latched fault after an operator has inspected the robot."""
+        """Clear a latched fault after an operator has inspected the robot (the backend's too)."""
+        self.backend.rearm()
         self._latched = None
         self._action_faults_in_a_row = 0
 

@@ -45,7 +45,15 @@ class RobotFault(RobotSacError):
 
 
 class CommFault(RobotFault):
-    """The link to the robot failed (serial bus, USB adapter, network)."""
+    """The link to the robot failed (serial bus, USB adapter, network).
+
+    Attributes:
+        servo_ids: the bus IDs involved (empty when the whole link failed).
+    """
+
+    def __init__(self, message: str = "", servo_ids: tuple[int, ...] = ()) -> None:
+        self.servo_ids = servo_ids
+        super().__init__(message)
 
 
 class CommTimeout(CommFault):
@@ -66,6 +74,10 @@ class DeviceReset(CommFault):
     """A device rebooted (RAM reset: torque off, watchdog cleared). Requires re-arm."""
 
     level = FaultLevel.LATCHED
+
+
+class ServoCommandRejected(CommFault):
+    """A servo answered a request with an error number (access, data range/limit, instruction)."""
 
 
 class CommandNotApplied(CommFault):

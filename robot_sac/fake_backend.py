@@ -73,6 +73,9 @@ class FakeBackend:
         self.step_count += 1
         return self._state(move / self._spec.dt_s)
 
+    def rearm(self) -> None:
+        """Nothing latches in a simulator: a no-op (part of the backend contract)."""
+
     def close(self) -> None:
         """Mark the backend closed (idempotent)."""
         self._connected = False

@@ -87,6 +87,24 @@ def make_sim_backend(config: EnvConfig, spec: RobotSpec) -> RobotBackend:
     return PyBulletBackend(spec, config.sim)
 
 
+def make_backend(config: EnvConfig, spec: RobotSpec, config_dir: Path | None = None) -> RobotBackend:
+    """The backend ``config.backend`` names: PyBullet, or the servos on ``config.serial.port``.
+
+    The serial path imports pyserial but never pybullet, so it runs on the embedded controller.
+    """
+    match config.backend:
+        case "pybullet":
+            return make_sim_backend(config, spec)
+        case "serial":
+            from drivers.calibration import load_calibration
+            from drivers.serial_backend import SerialBackend
+
+            path = (
+                config.serial.calibration_path() if config_dir is None else config.serial.calibration_path(config_dir)
+            )
+            return SerialBackend(spec, config.serial, load_calibration(path, spec))
+
+
 def load_env_stack_config(
     config_path: str | Path | None = None, overrides: tuple[str, ...] = ()
 ) -> tuple[EnvConfig, RobotSpec]:

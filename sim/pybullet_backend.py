@@ -191,6 +191,9 @@ class PyBulletBackend:
         self._steps += 1
         return self._read_state(zero_effort=False)
 
+    def rearm(self) -> None:
+        """Nothing latches in a simulator: a no-op (part of the backend contract)."""
+
     def close(self) -> None:
         """Disconnect the physics client. Idempotent, safe after any failure."""
         client, self._client = self._client, None

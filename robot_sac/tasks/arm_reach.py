@@ -103,7 +103,9 @@ class ArmReach:
     def observation(self, state: RobotState, command_rad: np.ndarray) -> np.ndarray:
         """The raw observation, shape (4·dof + 9,), float64."""
         ee = self.end_effector_m(state)
-        return np.concatenate([state.position_rad, state.velocity_rad_s, command_rad, ee, self._target, self._target - ee])
+        return np.concatenate(
+            [state.position_rad, state.velocity_rad_s, command_rad, ee, self._target, self._target - ee]
+        )
 
     def reward(self, state: RobotState, executed_action: np.ndarray) -> float:
         """Dense reward: negative distance, small action and speed penalties, the precision bonus."""

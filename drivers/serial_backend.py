@@ -1,0 +1,357 @@
+"""`SerialBackend`: Dynamixel X-series servos behind the `RobotBackend` contract.
+
+One control period is one cycle on a monotonic clock::
+
+    cycle start ─ sync write goals ─ (wait) ─ sync read state at start + T - budget ─ return
+                                                                   └ the caller has `budget` to act
+
+The state comes from one contiguous sync read per cycle (Goal_Position at 116 through
+Present_Temperature at 146, 31 bytes per servo), which also verifies the effect of the goal write
+(sync writes have no reply: SAFETY.md #7) and carries Realtime_Tick for staleness (#16).
+
+Faults follow SAFETY.md: a failed cycle (silence, corrupt frame, stale tick, goal not applied) is
+retried by holding the same goal for one more period; `SerialConfig.fault_cycles` failed cycles
+in a row raise the typed fault, so detection takes at most that many periods (2 by default). A
+lost device, a hardware error status and a servo reset are latched: no goal goes out until
+`rearm`, and a `DeviceLost` port is re-opened only then. A caller that returns later than its
+period gets an overrun counted and a fresh cycle (never two commands back to back).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from drivers.bus import ServoBus
+from drivers.calibration import Calibration
+from drivers.control_table import X_SERIES
+from drivers.servo_setup import check_health, configure_servos
+from drivers.transport import SerialTransport, Transport
+from robot_sac.backend import check_target
+from robot_sac.configs import SerialConfig
+from robot_sac.errors import (
+    CommandNotApplied,
+    CommCorrupt,
+    CommTimeout,
+    ConfigError,
+    DeviceLost,
+    DeviceReset,
+    EnvStateError,
+    FaultLevel,
+    RobotFault,
+    StaleObservation,
+)
+from robot_sac.spec import RobotSpec, RobotState
+
+log = logging.getLogger(__name__)
+
+READ_START = X_SERIES["goal_position"].address
+READ_LENGTH = X_SERIES["present_temperature"].address + 1 - READ_START
+_TICK_WRAP = 32768
+_TICK_SLACK_MS = 100.0
+_RETRYABLE = (CommTimeout, CommCorrupt, StaleObservation, CommandNotApplied)
+
+
+class SerialBackend:
+    """The physical arm (or the emulator) over a serial port.
+
+    Args:
+        spec: the robot (limits, control rate).
+        config: port, baud rate, time budgets, homing, close behaviour.
+        calibration: joint ↔ servo map (IDs, models, zero ticks, directions).
+        transport_factory: opens the port (``SerialTransport`` by default; tests inject fakes).
+        clock, sleep: monotonic time and sleeping (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        spec: RobotSpec,
+        config: SerialConfig,
+        calibration: Calibration,
+        transport_factory: Callable[[str, int], Transport] = SerialTransport,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Validate the timing budget; nothing is opened until `connect`."""
+        if calibration.spec != spec:
+            raise ConfigError("the calibration was made for another robot spec")
+        period = spec.dt_s
+        self.budget_s = config.transaction_timeout_s if config.transaction_timeout_s is not None else 0.4 * period
+        if self.budget_s >= period:
+            raise ConfigError(
+                f"serial.transaction_timeout_s {self.budget_s} must be shorter than the control period {period} s"
+            )
+        if 0 < config.bus_watchdog_s <= 2 * period:
+            raise ConfigError(
+                f"serial.bus_watchdog_s {config.bus_watchdog_s} must exceed two control periods ({2 * period} s), or "
+                "a normal retry would trip it; 0.1 s is typical at 50 Hz"
+            )
+        self._spec, self.config, self.calibration = spec, config, calibration
+        self._open, self._clock, self._sleep = transport_factory, clock, sleep
+        self.bus: ServoBus | None = None
+        self._latched: RobotFault | None = None
+        self._needs_setup = True
+        self._episode_active = False
+        self._goal_ticks: np.ndarray | None = None
+        self._next_start: float | None = None
+        self._last_ticks: np.ndarray | None = None
+        self._last_read_s = 0.0
+        self.overruns = 0
+        self.failed_cycles = 0
+        self.cycles = 0
+
+    @property
+    def spec(self) -> RobotSpec:
+        """The robot this backend drives."""
+        return self._spec
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the port, check every servo, write and verify limits and the watchdog, enable torque.
+
+        Idempotent. On failure the port is closed again and the error propagates.
+        """
+        if self._latched is not None:
+            raise EnvStateError(f"a latched fault ({type(self._latched).__name__}) needs rearm() before connect()")
+        if self.bus is not None and not self._needs_setup:
+            return
+        try:
+            if self.bus is None:
+                self.bus = ServoBus(self._open(self.config.port, self.config.baud_rate), self.budget_s, self._clock)
+            configure_servos(self.bus, self._spec, self.calibration, self.config)
+        except BaseException:
+            self._drop_transport()
+            raise
+        self._needs_setup = False
+        self._last_ticks = None
+
+    def reset(self, seed: int | None = None) -> RobotState:
+        """Check the servos' health, then move home at ``homing_speed_rad_s`` and return the measured state.
+
+        ``seed`` is accepted for the contract and ignored: the physical world is not seeded.
+
+        Raises:
+            DeviceReset, ServoHardwareError: the health check failed (latched).
+            CommandNotApplied: homing did not converge within ``homing_timeout_s``.
+        """
+        del seed
+        if self._latched is not None:
+            raise EnvStateError(f"a latched fault ({type(self._latched).__name__}: {self._latched}) needs rearm()")
+        if self.bus is None or self._needs_setup:
+            self.connect()
+        bus = self._require_bus()
+        self._episode_active = False
+        with self._latching():
+            check_health(bus, self.calibration, self.config)
+            self._next_start, self._last_ticks = None, None
+            state = self._read_fresh()
+            self._goal_ticks = self.calibration.ticks_from_rad(np.clip(state.position_rad, *self._hard_limits()))
+            state = self._home(state)
+        self._episode_active = True
+        return state
+
+    def step(self, target_rad: np.ndarray) -> RobotState:
+        """Write ``target_rad`` as the goal, hold it for one period, return the state read at its end."""
+        target = check_target(self._spec, target_rad)
+        if self._latched is not None:
+            raise EnvStateError(f"a latched fault ({type(self._latched).__name__}) needs rearm() before step()")
+        if not self._episode_active:
+            raise EnvStateError("step() needs a successful reset() first")
+        self._goal_ticks = self.calibration.ticks_from_rad(target)
+        try:
+            with self._latching():
+                return self._cycle()
+        except RobotFault:
+            self._episode_active = False
+            raise
+
+    def rearm(self) -> None:
+        """Clear a latched fault after an operator inspected the arm; the next reset re-runs the setup."""
+        if self._latched is not None:
+            log.warning("re-armed after %s: %s", type(self._latched).__name__, self._latched)
+        self._latched = None
+        self._needs_setup = True
+
+    def close(self) -> None:
+        """Hold (default) or disable torque per ``serial.close_action``, then close the port. Idempotent."""
+        self._episode_active = False
+        bus = self.bus
+        if bus is None:
+            return
+        if self.config.close_action == "torque_off":
+            try:
+                bus.sync_write(X_SERIES["torque_enable"], dict.fromkeys(self.calibration.ids, 0))
+            except RobotFault as err:
+                log.error("could not disable torque while closing: %s", err)
+        self._drop_transport()
+
+    def __enter__(self) -> SerialBackend:
+        """Connect; `close` is guaranteed on leaving the block, also on exceptions."""
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close (hold or torque off per config)."""
+        self.close()
+
+    # --- the cycle ---------------------------------------------------------------------------------------
+
+    def _cycle(self) -> RobotState:
+        """One period: hold the goal, read at the end; failed periods are retried up to ``fault_cycles``."""
+        period = self._spec.dt_s
+        now = self._clock()
+        start = self._next_start
+        if start is None or now > start + 0.5 * period:
+            if start is not None:
+                self.overruns += 1  # the caller came back late: start a fresh cycle, never burst
+            start = now
+        elif start > now:
+            self._sleep(start - now)
+        failures = 0
+        while True:
+            try:
+                state = self._one_period(start)
+            except _RETRYABLE as err:
+                failures += 1
+                self.failed_cycles += 1
+                if failures >= self.config.fault_cycles:
+                    self._next_start = None
+                    raise
+                log.debug("cycle failed (%s: %s); holding the goal one more period", type(err).__name__, err)
+                start += period
+                self._sleep_until(start)
+                continue
+            self.cycles += 1
+            self._next_start = start + period
+            return state
+
+    def _one_period(self, start: float) -> RobotState:
+        bus = self._require_bus()
+        assert self._goal_ticks is not None
+        goal_reg = X_SERIES["goal_position"]
+        bus.sync_write(goal_reg, dict(zip(self.calibration.ids, self._goal_ticks.tolist(), strict=True)))
+        self._sleep_until(start + self._spec.dt_s - self.budget_s)
+        state, goals = self._read(start + self._spec.dt_s)
+        wrong = np.flatnonzero(goals != self._goal_ticks)
+        if wrong.size:
+            ids = tuple(self.calibration.ids[i] for i in wrong)
+            raise CommandNotApplied(f"servos {list(ids)} do not hold the goal written this period", servo_ids=ids)
+        return state
+
+    def _read(self, deadline_s: float) -> tuple[RobotState, np.ndarray]:
+        """Sync-read the state block; check tick advance; convert to SI. Also returns the goal read-back."""
+        bus = self._require_bus()
+        blocks = bus.sync_read(self.calibration.ids, READ_START, READ_LENGTH, deadline_s)
+        now = self._clock()
+        fields = {name: np.array([_field(blocks[i], name) for i in self.calibration.ids]) for name in _STATE_FIELDS}
+        self._check_tick(fields["realtime_tick"], now)
+        cal = self.calibration
+        state = RobotState(
+            position_rad=cal.rad_from_ticks(fields["present_position"]),
+            velocity_rad_s=cal.velocity_rad_s(fields["present_velocity"]),
+            effort_nm=cal.effort_nm(fields["present_current"]),
+            stamp_s=now,
+        )
+        return state, fields["goal_position"]
+
+    def _check_tick(self, ticks: np.ndarray, now: float) -> None:
+        previous, self._last_ticks = self._last_ticks, ticks
+        elapsed_ms = (now - self._last_read_s) * 1000.0
+        self._last_read_s = now
+        if previous is None:
+            return
+        advance = (ticks - previous) % _TICK_WRAP
+        frozen = np.flatnonzero(advance == 0)
+        if frozen.size:
+            ids = tuple(self.calibration.ids[i] for i in frozen)
+            raise StaleObservation(f"servos {list(ids)}: Realtime_Tick did not advance; their data is stale")
+        jumped = np.flatnonzero(advance > elapsed_ms + _TICK_SLACK_MS)
+        if jumped.size:
+            ids = tuple(self.calibration.ids[i] for i in jumped)
+            raise DeviceReset(f"servos {list(ids)}: Realtime_Tick restarted (the servo rebooted)", servo_ids=ids)
+
+    def _read_fresh(self) -> RobotState:
+        """A state read outside the cycle (reset), within one transaction budget plus retries."""
+        deadline = self._clock() + self.config.fault_cycles * self._spec.dt_s
+        state, _ = self._read(deadline)
+        return state
+
+    def _home(self, state: RobotState) -> RobotState:
+        """Rate-limited straight line in joint space from the measured pose to home."""
+        spec, cfg = self._spec, self.config
+        home = spec.home_rad
+        goal = np.clip(state.position_rad, *self._hard_limits())
+        max_step = cfg.homing_speed_rad_s * spec.dt_s
+        give_up = self._clock() + cfg.homing_timeout_s
+        while np.abs(state.position_rad - home).max() > cfg.homing_tolerance_rad:
+            if self._clock() > give_up:
+                worst = spec.joint_names[int(np.argmax(np.abs(state.position_rad - home)))]
+                raise CommandNotApplied(
+                    f"homing did not reach home within {cfg.homing_timeout_s} s (worst joint {worst}); check for "
+                    "obstacles, load and the calibration"
+                )
+            goal = goal + np.clip(home - goal, -max_step, max_step)
+            self._goal_ticks = self.calibration.ticks_from_rad(goal)
+            state = self._cycle()
+        return state
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _hard_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._spec.lower_rad, self._spec.upper_rad
+
+    def _sleep_until(self, t: float) -> None:
+        delay = t - self._clock()
+        if delay > 0:
+            self._sleep(delay)
+
+    def _require_bus(self) -> ServoBus:
+        if self.bus is None:
+            raise EnvStateError("SerialBackend is not connected; call connect() first")
+        return self.bus
+
+    def _drop_transport(self) -> None:
+        bus, self.bus = self.bus, None
+        self._needs_setup = True
+        if bus is not None:
+            bus.transport.close()
+
+    def _latching(self) -> _Latch:
+        return _Latch(self)
+
+
+class _Latch:
+    """Context manager: a LATCHED fault stops all goal writes until `SerialBackend.rearm`."""
+
+    def __init__(self, backend: SerialBackend) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, RobotFault) and exc.level is FaultLevel.LATCHED:
+            self.backend._latched = exc
+            self.backend._episode_active = False
+            if isinstance(exc, DeviceLost):
+                self.backend._drop_transport()  # re-open only after an operator re-arm
+            log.error("latched %s: %s", type(exc).__name__, exc)
+
+
+_STATE_FIELDS = (
+    "goal_position",
+    "realtime_tick",
+    "present_current",
+    "present_velocity",
+    "present_position",
+)
+
+
+def _field(block: bytes, name: str) -> int:
+    reg = X_SERIES[name]
+    offset = reg.address - READ_START
+    return reg.decode(block[offset : offset + reg.size])
