@@ -121,7 +121,7 @@ class SerialConfig:
     )
     return_delay_s: float = param(0.0, unit="s", ge=0.0, le=0.000508, doc="servo reply delay (2 µs units)")
     homing_speed_rad_s: float = param(0.5, unit="rad/s", gt=0.0, le=3.0, doc="joint speed while homing in reset")
-    homing_tolerance_rad: float = param(0.03, unit="rad", gt=0.0, le=0.5, doc="homing ends this close to home")
+    homing_tolerance_rad: float = param(0.01, unit="rad", gt=0.0, le=0.5, doc="homing ends this close to home")
     homing_timeout_s: float = param(15.0, unit="s", gt=0.0, le=120.0, doc="homing that takes longer is a fault")
     close_action: Literal["hold", "torque_off"] = param(
         "hold", doc="what close() leaves the servos doing: hold (arm stays up) or torque_off (only if supported)"
@@ -205,6 +205,12 @@ class SACConfig:
     alpha: float | None = param(None, gt=0.0, le=100.0, doc="fixed temperature; null learns it")
     initial_alpha: float = param(1.0, gt=0.0, le=100.0, doc="starting temperature when it is learned")
     target_entropy: float | None = param(None, le=0.0, doc="null means -|A| (the paper's heuristic)")
+    goal_relabel_ratio: float = param(
+        0.0, ge=0.0, le=1.0, doc="share of each minibatch given hindsight goals (HER 'future'; goal tasks only)"
+    )
+    goal_relabel_horizon_steps: int = param(
+        100, ge=1, le=100_000, doc="hindsight goals come from this many steps ahead"
+    )
     reward_scale: float = param(1.0, gt=0.0, le=1000.0, doc="rewards are multiplied by this before the backup")
     updates_per_step: float = param(1.0, gt=0.0, le=64.0, doc="gradient updates per env step (UTD ratio)")
     target_update_interval: int = param(1, ge=1, le=10_000, doc="gradient updates between Polyak target updates")

@@ -23,6 +23,7 @@ import torch
 
 from robot_sac.errors import StorageError
 from robot_sac.normalization import ObservationNormalizer
+from robot_sac.relabel import GoalRelabeler
 from robot_sac.sac import Batch
 
 DOMAIN_SIM = 0
@@ -30,9 +31,11 @@ DOMAIN_SIM = 0
 DOMAIN_REAL = 1
 """Domain tag of a transition collected on the robot."""
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "domain", "policy_version", "safety_clipped")
+_FIELDS = (
+    "obs", "action", "reward", "next_obs", "terminated", "domain", "policy_version", "safety_clipped", "episode",
+)  # fmt: skip
 
 
 class Tags(NamedTuple):
@@ -75,6 +78,8 @@ class ReplayBuffer:
         self.domain = np.zeros(capacity, dtype=np.uint8)
         self.policy_version = np.zeros(capacity, dtype=np.int64)
         self.safety_clipped = np.zeros(capacity, dtype=bool)
+        self.episode = np.full(capacity, -1, dtype=np.int64)
+        """Episode id of each transition (for hindsight relabeling); -1 where unknown."""
         self.pos = 0
         self.size = 0
         self.rejected = 0
@@ -95,6 +100,7 @@ class ReplayBuffer:
         domain: int = DOMAIN_SIM,
         policy_version: int = 0,
         safety_clipped: bool = False,
+        episode: int = -1,
     ) -> bool:
         """Store one transition unless it holds a non-finite number.
 
@@ -107,6 +113,7 @@ class ReplayBuffer:
             domain: `DOMAIN_SIM` or `DOMAIN_REAL`.
             policy_version: version of the weights that acted.
             safety_clipped: the safety filter changed the action.
+            episode: id of the episode (ids never repeat; -1 unknown, never relabeled).
 
         Returns:
             True if stored; False if rejected (counted in ``rejected``, buffer unchanged).
@@ -130,6 +137,7 @@ class ReplayBuffer:
         self.obs[i], self.action[i], self.next_obs[i], self.reward[i] = o, a, o2, row[-1]
         self.terminated[i] = float(bool(terminated))
         self.domain[i], self.policy_version[i], self.safety_clipped[i] = domain, policy_version, safety_clipped
+        self.episode[i] = episode
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
         self.total_added += 1
@@ -146,6 +154,7 @@ class ReplayBuffer:
         domain: int | np.ndarray = DOMAIN_SIM,
         policy_version: int | np.ndarray = 0,
         safety_clipped: bool | np.ndarray = False,
+        episode: int | np.ndarray = -1,
     ) -> int:
         """Store n transitions at once (a chunk from an actor); the same result as n calls of `add`.
 
@@ -158,6 +167,7 @@ class ReplayBuffer:
             domain: one tag for all rows, or (n,).
             policy_version: one version for all rows, or (n,).
             safety_clipped: one flag for all rows, or (n,).
+            episode: one episode id for all rows, or (n,).
 
         Returns:
             How many rows were stored; rows with a non-finite value are skipped and counted in ``rejected``.
@@ -172,7 +182,7 @@ class ReplayBuffer:
             )
         rows = np.concatenate((o, a, o2, r[:, None]), axis=1)
         keep = np.flatnonzero((np.abs(rows) <= _FLOAT32_MAX).all(axis=1))  # NaN fails the comparison
-        tags = [np.broadcast_to(t, (n,))[keep] for t in (domain, policy_version, safety_clipped)]
+        tags = [np.broadcast_to(t, (n,))[keep] for t in (domain, policy_version, safety_clipped, episode)]
         stored = keep.size
         self.rejected += n - stored
         # Beyond capacity only the last `capacity` rows would survive a sequence of adds.
@@ -181,7 +191,7 @@ class ReplayBuffer:
         keep = keep[skip:]
         self.obs[at], self.action[at], self.next_obs[at], self.reward[at] = o[keep], a[keep], o2[keep], r[keep]
         self.terminated[at] = d[keep].astype(bool)
-        self.domain[at], self.policy_version[at], self.safety_clipped[at] = (t[skip:] for t in tags)
+        self.domain[at], self.policy_version[at], self.safety_clipped[at], self.episode[at] = (t[skip:] for t in tags)
         self.pos = (self.pos + stored) % self.capacity
         self.size = min(self.size + stored, self.capacity)
         self.total_added += stored
@@ -201,6 +211,7 @@ class ReplayBuffer:
         rng: np.random.Generator,
         device: torch.device,
         normalizer: ObservationNormalizer | None = None,
+        relabeler: GoalRelabeler | None = None,
     ) -> Batch:
         """A uniform minibatch as float32 tensors on ``device``, observations normalized now.
 
@@ -210,8 +221,17 @@ class ReplayBuffer:
             device: the learner's device.
             normalizer: observations go through ``normalizer.normalize`` with its current statistics;
                 None leaves them raw.
+            relabeler: gives a share of the rows hindsight goals (raw, before normalization).
         """
-        return self.gather(self.sample_indices(batch_size, rng), device, normalizer)
+        indices = self.sample_indices(batch_size, rng)
+        if relabeler is None:
+            return self.gather(indices, device, normalizer)
+        new = relabeler.relabel(indices, self.obs, self.next_obs, self.reward, self.episode, self.pos, rng)
+        obs, next_obs = new.obs, new.next_obs
+        if normalizer is not None:
+            obs, next_obs = normalizer.normalize(obs), normalizer.normalize(next_obs)
+        arrays = (obs, self.action[indices], new.reward, next_obs, self.terminated[indices])
+        return Batch(*(_to_device(x, device) for x in arrays))
 
     def gather(
         self, indices: np.ndarray, device: torch.device, normalizer: ObservationNormalizer | None = None
@@ -268,12 +288,12 @@ class ReplayBuffer:
         try:
             with np.load(Path(path), allow_pickle=False) as data:
                 version, capacity, obs_dim, action_dim, pos, size, rejected, total = (int(v) for v in data["meta"])
-                if version != _FORMAT_VERSION:
+                if version not in (1, _FORMAT_VERSION):
                     raise StorageError(f"{path}: replay format version {version} is not supported ({_FORMAT_VERSION})")
                 if not (0 <= size <= capacity and 0 <= pos < capacity):
                     raise ValueError(f"inconsistent ring state: size {size}, pos {pos}, capacity {capacity}")
                 buffer = cls(capacity, obs_dim, action_dim)
-                for name in _FIELDS:
+                for name in _FIELDS if version == _FORMAT_VERSION else _FIELDS[:-1]:
                     getattr(buffer, name)[:size] = data[name]
         except (OSError, EOFError, zipfile.BadZipFile, KeyError, ValueError) as err:
             # A truncated .npz raises BadZipFile, an empty one EOFError, a missing array KeyError and a

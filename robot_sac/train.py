@@ -29,6 +29,7 @@ from robot_sac.checkpoint import capture_rng_state, save_checkpoint
 from robot_sac.configs import TrainConfig
 from robot_sac.metrics import MetricsLogger, ProgressDisplay
 from robot_sac.normalization import ObservationNormalizer
+from robot_sac.relabel import GoalRelabeler
 from robot_sac.replay import ReplayBuffer
 from robot_sac.sac import SAC
 from robot_sac.train_envs import TrainingEnvs
@@ -78,6 +79,7 @@ class Trainer:
         rng: np.random.Generator,
         counters: Counters | None = None,
         show_progress: bool = True,
+        relabeler: GoalRelabeler | None = None,
     ) -> None:
         """Store the collaborators; `train` runs the loop."""
         self.config = config
@@ -89,6 +91,7 @@ class Trainer:
         self.rng = rng
         self.counters = counters or Counters()
         self.show_progress = show_progress
+        self.relabeler = relabeler
         self._window = _Window()
         self._last_eval: dict[str, float] = {}
 
@@ -156,6 +159,7 @@ class Trainer:
                 bool(terminated),
                 policy_version=c.updates,
                 safety_clipped=bool(next_info.get("safety_clipped", False)),
+                episode=c.episodes,
             )
         else:
             w.faults += 1
@@ -180,7 +184,7 @@ class Trainer:
         c.update_credit += sac.updates_per_step
         device = self.agent.device
         while c.update_credit >= 1.0:
-            batch = self.buffer.sample(sac.batch_size, self.rng, device, self.normalizer)
+            batch = self.buffer.sample(sac.batch_size, self.rng, device, self.normalizer, self.relabeler)
             self._window.update_metrics.append(self.agent.update(batch))
             c.updates += 1
             c.update_credit -= 1.0

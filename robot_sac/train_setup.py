@@ -26,10 +26,11 @@ from robot_sac.device import configure_allocator, configure_cpu_threads, select_
 from robot_sac.errors import ConfigError, StorageError
 from robot_sac.metrics import MetricsLogger
 from robot_sac.normalization import ObservationNormalizer
+from robot_sac.relabel import GoalRelabeler
 from robot_sac.replay import ReplayBuffer
 from robot_sac.sac import SAC
 from robot_sac.train import Counters, Trainer
-from robot_sac.train_envs import make_training_envs
+from robot_sac.train_envs import TrainingEnvs, make_training_envs
 
 CONFIG_FILE = "config.yaml"
 RUN_INFO_FILE = "run_info.json"
@@ -69,7 +70,7 @@ def start_run(config: TrainConfig, run_dir: Path, *, show_progress: bool = True)
     _write_run_files(run_dir, config, device, threads)
     logger = MetricsLogger(run_dir)
     return Trainer(config=config, agent=agent, buffer=buffer, envs=envs, logger=logger, run_dir=run_dir,
-                   rng=rng, show_progress=show_progress)  # fmt: skip
+                   rng=rng, show_progress=show_progress, relabeler=_relabeler(config, envs))  # fmt: skip
 
 
 def load_run_config(run_dir: Path, overrides: tuple[str, ...] = ()) -> TrainConfig:
@@ -110,7 +111,22 @@ def resume_run(run_dir: Path, config: TrainConfig, *, show_progress: bool = True
     logger = MetricsLogger(run_dir, resume=True)
     logger.truncate_after(counters.env_steps)
     return Trainer(config=config, agent=agent, buffer=buffer, envs=envs, logger=logger, run_dir=run_dir,
-                   rng=rng, counters=counters, show_progress=show_progress)  # fmt: skip
+                   rng=rng, counters=counters, show_progress=show_progress,
+                   relabeler=_relabeler(config, envs))  # fmt: skip
+
+
+def _relabeler(config: TrainConfig, envs: TrainingEnvs) -> GoalRelabeler | None:
+    """Hindsight relabeling when configured; the env's task must be a `GoalTask`."""
+    sac = config.sac
+    if sac.goal_relabel_ratio == 0.0:
+        return None
+    task = getattr(envs.train.unwrapped, "task", None)
+    if task is None or not hasattr(task, "goal_layout") or not hasattr(task, "goal_reward"):
+        raise ConfigError(
+            f"sac.goal_relabel_ratio={sac.goal_relabel_ratio}: the env {config.env_id or 'ArmReach'} has no goal "
+            "in its observation to relabel; set sac.goal_relabel_ratio=0"
+        )
+    return GoalRelabeler(task, sac.goal_relabel_ratio, sac.goal_relabel_horizon_steps)
 
 
 def _restore_normalizer(arrays: dict[str, Any] | None) -> ObservationNormalizer | None:

@@ -23,6 +23,7 @@ import numpy as np
 from robot_sac.configs import ArmReachConfig
 from robot_sac.kinematics import ForwardKinematics
 from robot_sac.spec import RobotSpec, RobotState
+from robot_sac.tasks.base import GoalLayout
 
 _MAX_SAMPLE_TRIES = 10_000
 
@@ -119,6 +120,20 @@ class ArmReach:
             - c.action_penalty * float(a @ a)
             - c.velocity_penalty * float(state.velocity_rad_s @ state.velocity_rad_s)
         )
+
+    @property
+    def goal_layout(self) -> GoalLayout:
+        """Tip position, target and tip-to-target vector in the raw observation (for relabeling)."""
+        tip = 3 * self.spec.dof
+        return GoalLayout(achieved=(tip, tip + 3), desired=(tip + 3, tip + 6), relative=(tip + 6, tip + 9))
+
+    def goal_reward(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
+        """``-d + precision_reward * exp(-(d / precision_scale_m)^2)`` per row, shape (n,)."""
+        c = self.config
+        d = np.linalg.norm(np.asarray(desired, dtype=np.float64) - achieved, axis=-1)
+        bonus = c.precision_reward * np.exp(-((d / c.precision_scale_m) ** 2)) if c.precision_reward else 0.0
+        out: np.ndarray = -d + bonus
+        return out
 
     def terminated(self, state: RobotState) -> bool:
         """Reaching has no terminal state: success does not end the episode."""

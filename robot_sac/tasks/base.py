@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -61,3 +62,38 @@ class Task(Protocol):
     def markers_m(self) -> list[np.ndarray]:
         """Points to draw in renders, each shape (3,), metres."""
         ...
+
+
+class GoalTask(Task, Protocol):
+    """A task whose reward depends on a goal written into the observation (reaching, pushing).
+
+    Such a task lets the learner relabel stored transitions with goals the robot actually reached
+    (hindsight experience replay, Andrychowicz et al. 2017): the observation holds the achieved
+    point, the desired goal and optionally their difference, and the reward splits into
+    ``goal_reward(achieved, desired)`` plus terms that do not depend on the goal.
+
+    Contract:
+
+    - ``goal_layout`` gives the index ranges ``(start, stop)`` of the achieved point, the desired
+      goal and (or None) ``desired - achieved`` inside the raw observation; all have the same width.
+    - ``goal_reward(achieved, desired)`` is vectorized over rows, shape (n, k) each → (n,), and
+      equals the goal-dependent part of `Task.reward` for the state whose achieved point it is.
+    """
+
+    @property
+    def goal_layout(self) -> GoalLayout:
+        """Where achieved point, desired goal and their difference sit in the raw observation."""
+        ...
+
+    def goal_reward(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
+        """The goal-dependent reward of rows of achieved points and goals, shape (n,)."""
+        ...
+
+
+@dataclass(frozen=True)
+class GoalLayout:
+    """Index ranges ``(start, stop)`` into a raw observation (see `GoalTask`)."""
+
+    achieved: tuple[int, int]
+    desired: tuple[int, int]
+    relative: tuple[int, int] | None = None
