@@ -35,7 +35,7 @@ def main() -> None:
     spec = load_robot_spec(robot_yaml, (f"control_hz={args.hz}",))
     calibration_path = REPO_CONFIG_DIR / "calibration" / "arm4.json"
     calibration = load_calibration(calibration_path, spec)
-    with EmulatorProcess(robot_yaml, calibration_path, profile=args.profile) as emulator:
+    with EmulatorProcess(robot=robot_yaml, calibration=calibration_path, profile=args.profile) as emulator:
         backend = SerialBackend(spec, SerialConfig(port=emulator.port), calibration)
         with backend:
             state = backend.reset()

@@ -26,6 +26,10 @@ from drivers.transport import Transport
 from robot_sac.errors import CommCorrupt, CommTimeout, ServoCommandRejected, ServoHardwareError
 
 _READ_CHUNK = 4096
+_UNTIMED_ATTEMPTS = 3
+"""Requests outside a control cycle (setup, health checks) get this many budgets in all."""
+_STATUS_OVERHEAD = 11
+"""Bytes of a status packet besides its data: header 4, ID, LEN 2, instruction, error, CRC 2."""
 
 
 @dataclass
@@ -71,22 +75,40 @@ class BusHealth:
 class ServoBus:
     """Requests to Dynamixel X-series servos on one Protocol 2.0 bus.
 
+    Each attempt waits at most ``2 x`` its wire time at ``baud_rate`` plus ``latency_allowance_s``
+    (USB adapter latency, OS scheduling, servo return delay), capped at ``transaction_timeout_s``;
+    so a lost or corrupted reply leaves time for a retry inside the same control period.
+
     Args:
         transport: the byte stream (pyserial port, pty, or a test fake).
         transaction_timeout_s: the longest one request/reply attempt may take.
+        baud_rate: bus speed in bit/s (10 bits per byte on the wire).
+        latency_allowance_s: fixed slack added to every attempt's wire time.
         clock: monotonic seconds (injectable for tests).
     """
 
     def __init__(
-        self, transport: Transport, transaction_timeout_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        transport: Transport,
+        transaction_timeout_s: float,
+        baud_rate: int = 1_000_000,
+        latency_allowance_s: float = 0.003,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Store the collaborators; nothing is sent."""
         if transaction_timeout_s <= 0:
             raise ValueError("transaction_timeout_s must be positive")
         self.transport = transport
         self.transaction_timeout_s = transaction_timeout_s
+        self.byte_time_s = 10.0 / baud_rate
+        self.latency_allowance_s = latency_allowance_s
         self.clock = clock
         self.health = BusHealth()
+
+    def attempt_timeout_s(self, request_bytes: int, reply_bytes: int) -> float:
+        """How long one attempt may wait: twice the wire time plus the allowance, within the budget."""
+        wire = (request_bytes + reply_bytes) * self.byte_time_s
+        return min(self.transaction_timeout_s, 2.0 * wire + self.latency_allowance_s)
 
     # --- instructions ------------------------------------------------------------------------------
 
@@ -138,15 +160,20 @@ class ServoBus:
     ) -> dict[int, bytes]:
         """Send ``packet`` and return each expected servo's status data, retrying within the deadline."""
         now = self.clock()
-        deadline = now + self.transaction_timeout_s if deadline_s is None else deadline_s
+        deadline = now + _UNTIMED_ATTEMPTS * self.transaction_timeout_s if deadline_s is None else deadline_s
+        attempt_s = self.attempt_timeout_s(len(packet), len(ids) * (_STATUS_OVERHEAD + data_length))
         while True:
-            attempt_deadline = min(deadline, self.clock() + self.transaction_timeout_s)
+            attempt_deadline = min(deadline, self.clock() + attempt_s)
             try:
                 statuses = self._attempt(packet, ids, data_length, attempt_deadline)
             except (CommTimeout, CommCorrupt):
                 self.health.failures += 1
-                if self.clock() + self.transaction_timeout_s > deadline:
+                # Outside a cycle, let a late reply to this attempt arrive and be discarded, so the
+                # retry cannot take it for its own (Protocol 2.0 has no sequence numbers).
+                quiet_s = attempt_s if deadline_s is None else 0.0
+                if self.clock() + quiet_s + attempt_s > deadline + 1e-9:
                     raise
+                self._quiet(quiet_s)
                 self.health.retries += 1
                 continue
             break
@@ -157,6 +184,12 @@ class ServoBus:
             self._raise_hardware_error(alerting[0], deadline)
         return {i: statuses[i].data for i in ids}
 
+    def _quiet(self, duration_s: float) -> None:
+        """Read and discard whatever arrives for ``duration_s``."""
+        until = self.clock() + duration_s
+        while self.transport.read(_READ_CHUNK, until):
+            pass
+
     def _attempt(
         self, packet: bytes, ids: list[int], data_length: int, deadline_s: float
     ) -> dict[int, p2.StatusPacket]:
@@ -166,6 +199,8 @@ class ServoBus:
         wanted = set(ids)
         got: dict[int, p2.StatusPacket] = {}
         while wanted - got.keys():
+            if parser.crc_errors + parser.length_errors and len(got) + parser.crc_errors >= len(wanted):
+                break  # every expected reply is accounted for, one was corrupt: fail now, leave time to retry
             chunk = self.transport.read(_READ_CHUNK, deadline_s)
             if not chunk:
                 break

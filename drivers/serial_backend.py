@@ -52,6 +52,8 @@ READ_START = X_SERIES["goal_position"].address
 READ_LENGTH = X_SERIES["present_temperature"].address + 1 - READ_START
 _TICK_WRAP = 32768
 _TICK_SLACK_MS = 100.0
+_SETTLED_RAD_S = 0.05
+"""Homing ends once every joint is this slow (two velocity units of an X-series servo)."""
 _RETRYABLE = (CommTimeout, CommCorrupt, StaleObservation, CommandNotApplied)
 
 
@@ -92,6 +94,7 @@ class SerialBackend:
         self._spec, self.config, self.calibration = spec, config, calibration
         self._open, self._clock, self._sleep = transport_factory, clock, sleep
         self.bus: ServoBus | None = None
+        self._wanted = False  # connect() was called and close() was not: reset may re-open after a rearm
         self._latched: RobotFault | None = None
         self._needs_setup = True
         self._episode_active = False
@@ -117,11 +120,13 @@ class SerialBackend:
         """
         if self._latched is not None:
             raise EnvStateError(f"a latched fault ({type(self._latched).__name__}) needs rearm() before connect()")
+        self._wanted = True
         if self.bus is not None and not self._needs_setup:
             return
         try:
             if self.bus is None:
-                self.bus = ServoBus(self._open(self.config.port, self.config.baud_rate), self.budget_s, self._clock)
+                transport = self._open(self.config.port, self.config.baud_rate)
+                self.bus = ServoBus(transport, self.budget_s, self.config.baud_rate, clock=self._clock)
             configure_servos(self.bus, self._spec, self.calibration, self.config)
         except BaseException:
             self._drop_transport()
@@ -139,6 +144,8 @@ class SerialBackend:
             CommandNotApplied: homing did not converge within ``homing_timeout_s``.
         """
         del seed
+        if not self._wanted:
+            raise EnvStateError("SerialBackend is not connected; call connect() first")
         if self._latched is not None:
             raise EnvStateError(f"a latched fault ({type(self._latched).__name__}: {self._latched}) needs rearm()")
         if self.bus is None or self._needs_setup:
@@ -179,6 +186,7 @@ class SerialBackend:
     def close(self) -> None:
         """Hold (default) or disable torque per ``serial.close_action``, then close the port. Idempotent."""
         self._episode_active = False
+        self._wanted = False
         bus = self.bus
         if bus is None:
             return
@@ -212,9 +220,10 @@ class SerialBackend:
         elif start > now:
             self._sleep(start - now)
         failures = 0
+        read_at = start + period - self.budget_s
         while True:
             try:
-                state = self._one_period(start)
+                state = self._one_period(start, read_at)
             except _RETRYABLE as err:
                 failures += 1
                 self.failed_cycles += 1
@@ -222,20 +231,23 @@ class SerialBackend:
                     self._next_start = None
                     raise
                 log.debug("cycle failed (%s: %s); holding the goal one more period", type(err).__name__, err)
-                start += period
+                # Hold the goal into the next period and read right after writing it, so that the
+                # fault is confirmed (or cleared) within fault_cycles periods of its onset.
+                start = max(start + period, self._clock())
+                read_at = start
                 self._sleep_until(start)
                 continue
             self.cycles += 1
             self._next_start = start + period
             return state
 
-    def _one_period(self, start: float) -> RobotState:
+    def _one_period(self, start: float, read_at: float) -> RobotState:
         bus = self._require_bus()
         assert self._goal_ticks is not None
         goal_reg = X_SERIES["goal_position"]
         bus.sync_write(goal_reg, dict(zip(self.calibration.ids, self._goal_ticks.tolist(), strict=True)))
-        self._sleep_until(start + self._spec.dt_s - self.budget_s)
-        state, goals = self._read(start + self._spec.dt_s)
+        self._sleep_until(read_at)
+        state, goals = self._read(read_at + self.budget_s)
         wrong = np.flatnonzero(goals != self._goal_ticks)
         if wrong.size:
             ids = tuple(self.calibration.ids[i] for i in wrong)
@@ -287,14 +299,18 @@ class SerialBackend:
         goal = np.clip(state.position_rad, *self._hard_limits())
         max_step = cfg.homing_speed_rad_s * spec.dt_s
         give_up = self._clock() + cfg.homing_timeout_s
-        while np.abs(state.position_rad - home).max() > cfg.homing_tolerance_rad:
+        while not (
+            np.array_equal(goal, home)
+            and np.abs(state.position_rad - home).max() <= cfg.homing_tolerance_rad
+            and np.abs(state.velocity_rad_s).max() <= _SETTLED_RAD_S
+        ):
             if self._clock() > give_up:
                 worst = spec.joint_names[int(np.argmax(np.abs(state.position_rad - home)))]
                 raise CommandNotApplied(
                     f"homing did not reach home within {cfg.homing_timeout_s} s (worst joint {worst}); check for "
                     "obstacles, load and the calibration"
                 )
-            goal = goal + np.clip(home - goal, -max_step, max_step)
+            goal = np.where(np.abs(home - goal) <= max_step, home, goal + np.sign(home - goal) * max_step)
             self._goal_ticks = self.calibration.ticks_from_rad(goal)
             state = self._cycle()
         return state

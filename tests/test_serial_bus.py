@@ -58,7 +58,7 @@ class FakeTransport:
 def servo_bus(responder: Responder, budget_s: float = 0.008) -> tuple[ServoBus, FakeTransport, FakeClock]:
     clock = FakeClock()
     transport = FakeTransport(clock, responder)
-    return ServoBus(transport, budget_s, clock), transport, clock
+    return ServoBus(transport, budget_s, clock=clock, latency_allowance_s=budget_s), transport, clock
 
 
 def healthy(packet: p2.Packet) -> bytes:
@@ -102,10 +102,19 @@ def test_a_silent_servo_is_a_timeout_naming_it_within_the_budget() -> None:
     bus, _, clock = servo_bus(servo_2_silent)
     start = clock.t
     with pytest.raises(CommTimeout, match=r"\[2\]") as err:
-        bus.sync_read([1, 2, 3], 132, 4)
+        bus.sync_read([1, 2, 3], 132, 4, deadline_s=start + 0.008)  # a control cycle's budget
     assert err.value.servo_ids == (2,)
-    assert clock.t - start == pytest.approx(0.008, abs=1e-3)  # one budget, no retry without a deadline
+    assert clock.t - start == pytest.approx(0.008, abs=1e-3)  # the deadline holds, no retry fits
     assert bus.health.timeouts_by_id == {2: 1}
+
+
+def test_untimed_requests_retry_after_a_quiet_time() -> None:
+    bus, _, clock = servo_bus(lambda p: b"")
+    start = clock.t
+    with pytest.raises(CommTimeout):
+        bus.read_register(1, "present_position")  # setup-time request: no cycle deadline
+    assert bus.health.retries == 1 and bus.health.failures == 2
+    assert clock.t - start <= 3 * 0.008 + 1e-9
 
 
 def test_retries_only_while_a_whole_attempt_fits_before_the_deadline() -> None:
@@ -136,14 +145,14 @@ def test_corrupt_crc_is_comm_corrupt() -> None:
     bus, _, _ = servo_bus(bad_crc)
     with pytest.raises(CommCorrupt, match="CRC errors 1"):
         bus.read_register(1, "present_position")
-    assert bus.health.crc_errors == 1
+    assert bus.health.crc_errors == 2 and bus.health.retries == 1  # one retry outside a cycle, then the fault
 
 
 def test_partial_frame_is_comm_corrupt_and_garbage_prefix_still_parses() -> None:
     bus, _, _ = servo_bus(lambda p: healthy(p)[:7])
     with pytest.raises(CommCorrupt, match="unfinished frame"):
         bus.read_register(1, "present_position")
-    assert bus.health.partial_frames == 1
+    assert bus.health.partial_frames == 2  # the first attempt and its one retry
     bus2, _, _ = servo_bus(lambda p: b"\x00\xff\x13\xff\xff" + healthy(p))
     assert bus2.read_register(1, "present_position") == 1001
 
@@ -155,7 +164,7 @@ def test_bogus_length_does_not_block_past_the_budget() -> None:
     bus, _, clock = servo_bus(bogus)
     start = clock.t
     with pytest.raises(CommCorrupt):
-        bus.read_register(1, "present_position")
+        bus.read_register(1, "present_position", deadline_s=start + 0.008)
     assert clock.t - start <= 0.008 + 1e-9
 
 
