@@ -17,12 +17,12 @@ import os
 import time
 
 import numpy as np
-from sim.emulator_process import EmulatorProcess
 
 from drivers.calibration import load_calibration
 from drivers.serial_backend import SerialBackend
 from robot_sac.configs import REPO_CONFIG_DIR, SerialConfig
 from robot_sac.spec import load_robot_spec
+from sim.emulator_process import EmulatorProcess
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ from robot_sac.errors import CommCorrupt, CommTimeout, ServoCommandRejected, Ser
 _READ_CHUNK = 4096
 _UNTIMED_ATTEMPTS = 3
 """Requests outside a control cycle (setup, health checks) get this many budgets in all."""
+_RETRY_MARGIN_S = 0.001
+"""Time a retry needs beyond its bytes' wire time to be worth sending (servo turnaround, OS wakeups)."""
 _STATUS_OVERHEAD = 11
 """Bytes of a status packet besides its data: header 4, ID, LEN 2, instruction, error, CRC 2."""
 
@@ -161,7 +163,11 @@ class ServoBus:
         """Send ``packet`` and return each expected servo's status data, retrying within the deadline."""
         now = self.clock()
         deadline = now + _UNTIMED_ATTEMPTS * self.transaction_timeout_s if deadline_s is None else deadline_s
-        attempt_s = self.attempt_timeout_s(len(packet), len(ids) * (_STATUS_OVERHEAD + data_length))
+        reply_bytes = len(ids) * (_STATUS_OVERHEAD + data_length)
+        attempt_s = self.attempt_timeout_s(len(packet), reply_bytes)
+        # A retry is worth sending while the deadline leaves room for the bytes themselves plus a
+        # margin; it then waits until its own timeout or the deadline, whichever comes first.
+        min_retry_s = (len(packet) + reply_bytes) * self.byte_time_s + _RETRY_MARGIN_S
         while True:
             attempt_deadline = min(deadline, self.clock() + attempt_s)
             try:
@@ -171,7 +177,7 @@ class ServoBus:
                 # Outside a cycle, let a late reply to this attempt arrive and be discarded, so the
                 # retry cannot take it for its own (Protocol 2.0 has no sequence numbers).
                 quiet_s = attempt_s if deadline_s is None else 0.0
-                if self.clock() + quiet_s + attempt_s > deadline + 1e-9:
+                if self.clock() + quiet_s + min_retry_s > deadline:
                     raise
                 self._quiet(quiet_s)
                 self.health.retries += 1

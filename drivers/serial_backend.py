@@ -52,6 +52,8 @@ READ_START = X_SERIES["goal_position"].address
 READ_LENGTH = X_SERIES["present_temperature"].address + 1 - READ_START
 _TICK_WRAP = 32768
 _TICK_SLACK_MS = 100.0
+_STALE_LAG_PERIODS = 0.5
+"""A servo tick that falls this many control periods behind the host clock marks stale data."""
 _SETTLED_RAD_S = 0.05
 """Homing ends once every joint is this slow (two velocity units of an X-series servo)."""
 _RETRYABLE = (CommTimeout, CommCorrupt, StaleObservation, CommandNotApplied)
@@ -277,10 +279,16 @@ class SerialBackend:
         if previous is None:
             return
         advance = (ticks - previous) % _TICK_WRAP
-        frozen = np.flatnonzero(advance == 0)
+        # The servo's millisecond tick must keep pace with our clock: a tick that stopped, or fell
+        # behind by most of a period, means the values are a frozen copy (SAFETY.md #16).
+        lag_ms = elapsed_ms - advance
+        frozen = np.flatnonzero((advance == 0) | (lag_ms > _STALE_LAG_PERIODS * 1000.0 * self._spec.dt_s))
         if frozen.size:
             ids = tuple(self.calibration.ids[i] for i in frozen)
-            raise StaleObservation(f"servos {list(ids)}: Realtime_Tick did not advance; their data is stale")
+            raise StaleObservation(
+                f"servos {list(ids)}: Realtime_Tick advanced {advance[frozen].tolist()} ms in {elapsed_ms:.1f} ms; "
+                "their data is stale"
+            )
         jumped = np.flatnonzero(advance > elapsed_ms + _TICK_SLACK_MS)
         if jumped.size:
             ids = tuple(self.calibration.ids[i] for i in jumped)

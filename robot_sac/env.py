@@ -13,8 +13,9 @@ Step semantics:
 - A fault (non-finite action, a `RobotFault` from the backend, a measurement outside the
   physical range) ends the episode with ``truncated=True`` and ``info["fault"]`` naming it; the
   robot holds its last safe target. ``terminated`` is reserved for true task terminals.
-  When the backend could not deliver a valid measurement, the last valid observation is returned
-  with ``info["observation_valid"] = False``: such a transition must not enter a replay buffer.
+  A rejected action sends nothing to the backend at all (SAFETY.md #9). When no valid measurement
+  was taken (rejected action, or a backend fault), the last valid observation is returned with
+  ``info["observation_valid"] = False``: such a transition must not enter a replay buffer.
 - After a fault, `step` refuses until `reset`; after a `FaultLevel.LATCHED` fault `reset` refuses
   until `rearm` (operator action). ``SafetyConfig.latch_after_action_faults`` bad actions in a
   row (across episodes, with no good step between) latch too: a policy that keeps emitting NaN
@@ -123,11 +124,15 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         decision = self.safety.from_action(action)
         fault: RobotFault | None = decision.fault
         state: RobotState | None = None
-        try:
-            state = self.backend.step(decision.target_rad)
-            obs = self._observe(state, decision.target_rad)
-        except RobotFault as err:
-            fault, state, obs = err, None, self._last_obs
+        obs = self._last_obs
+        if fault is None:
+            try:
+                state = self.backend.step(decision.target_rad)
+                obs = self._observe(state, decision.target_rad)
+            except RobotFault as err:
+                fault, state, obs = err, None, self._last_obs
+        # A rejected action sends nothing at all: the robot keeps holding its last safe target
+        # (hardware: the servos hold their goal; SAFETY.md #9 "no Goal write went out").
         for stage, hit in decision.clipped.items():
             self._episode_counts[stage] += hit
         self._action_faults_in_a_row = self._action_faults_in_a_row + 1 if decision.fault is not None else 0

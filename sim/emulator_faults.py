@@ -37,6 +37,7 @@ once, when ``after`` and ``at_s`` are both satisfied (at start when neither is g
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import time
@@ -230,6 +231,23 @@ class FaultInjector:
         self._fired: set[int] = set()
         self.packets = 0
         """Instruction packets received so far (the emulator calls `count_packet`)."""
+
+    def add(self, rules: tuple[FaultRule, ...]) -> None:
+        """Add rules at run time; their ``after``/``at_s``/``until_s`` count from now.
+
+        This is how a test injects a fault at a chosen moment (``EmulatorProcess.inject``), rather
+        than guessing how many packets connecting and homing will take.
+        """
+        elapsed = self._elapsed_s()
+        self.rules = self.rules + tuple(
+            dataclasses.replace(
+                r,
+                after=self.packets + (r.after or 0),
+                at_s=elapsed + (r.at_s or 0.0),
+                until_s=None if r.until_s is None else elapsed + r.until_s,
+            )
+            for r in rules
+        )
 
     def count_packet(self) -> None:
         """One more instruction packet reached the emulator (call after deciding its faults)."""

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -150,6 +150,30 @@ class EmulatorProcess:
         """The child's process id."""
         assert self.proc is not None, "start() first"
         return self.proc.pid
+
+    def inject(self, faults: str) -> float:
+        """Start fault rules now (same grammar as ``faults``; ``after``/``at_s`` count from now).
+
+        Returns:
+            ``time.monotonic()`` just before the command was sent (an upper bound on nothing:
+            the emulator's ``{"event": "inject"}`` record line has the exact start).
+        """
+        assert self.proc is not None and self.proc.stdin is not None, "start() first"
+        sent = time.monotonic()
+        self.proc.stdin.write(f"fault {faults}\n".encode())
+        self.proc.stdin.flush()
+        return sent
+
+    def wait_for_record(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 5.0) -> dict[str, Any]:
+        """The first record line satisfying ``predicate``, waiting for it up to ``timeout_s``."""
+        give_up = time.monotonic() + timeout_s
+        while True:
+            for entry in self.records():
+                if predicate(entry):
+                    return entry
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"no matching record line within {timeout_s} s; log tail:\n{self.log_tail()}")
+            time.sleep(0.01)
 
     # --- what the emulator saw ---------------------------------------------------------------------
 

@@ -102,6 +102,7 @@ class ServoEmulator:
         self._record = record
         self._parser = p2.PacketParser()
         self._outbox: list[tuple[float, int, bytes | None]] = []  # (due, seq, bytes); None = unplug
+        self._stdin_buffer = b""
         self._seq = 0
         self._bus_free_s = 0.0
         self._has_freeze = any(r.mode is FaultMode.FREEZE_TICK for r in faults)
@@ -146,12 +147,35 @@ class ServoEmulator:
             if self.master_fd is not None and self.master_fd in readable:
                 with contextlib.suppress(BlockingIOError):
                     self.receive(os.read(self.master_fd, 4096))
-            if watch_fd is not None and watch_fd in readable and not os.read(watch_fd, 4096):
-                log.info("stdin closed: the parent is gone, exiting")
-                return
+            if watch_fd is not None and watch_fd in readable:
+                command = os.read(watch_fd, 4096)
+                if not command:
+                    log.info("stdin closed: the parent is gone, exiting")
+                    return
+                self._commands(command)
             self._flush()
             if self.plant.run_due():
                 self._after_physics()
+
+    def _commands(self, data: bytes) -> None:
+        """Lines from the parent's stdin pipe: ``fault <spec>`` adds fault rules starting now."""
+        self._stdin_buffer += data
+        *lines, rest = self._stdin_buffer.split(b"\n")
+        self._stdin_buffer = rest
+        for line in lines:
+            verb, _, argument = line.decode(errors="replace").strip().partition(" ")
+            if verb == "fault":
+                try:
+                    rules = parse_faults(argument)
+                except ConfigError as err:
+                    log.error("ignored bad fault command %r: %s", argument, err)
+                    continue
+                self.faults.add(rules)
+                self._has_freeze = any(r.mode is FaultMode.FREEZE_TICK for r in self.faults.rules)
+                self._log({"event": "inject", "rule": argument})
+                self._fire(self.faults.due_events())
+            elif verb:
+                log.error("unknown command %r on stdin (known: fault <spec>)", verb)
 
     # --- wire ----------------------------------------------------------------------------------------
 
