@@ -10,6 +10,9 @@ Commands:
   ``--set k=v``, ``--steps``, ``--out``, ``--resume <run dir>``, ``--seed``) with a live progress
   bar, metrics to CSV and TensorBoard, periodic deterministic evaluation, atomic checkpoints and a
   learning-curve PNG in the run directory.
+- ``robot-sac emulate [--robot Y] [--profile nominal|reality] [--faults SPEC] [--record F]``: the
+  servo emulator on a pseudo-terminal (prints ``PORT <path>``); point ``--port`` or
+  ``serial.port`` at that path. ``robot-sac emulate --help`` lists every option.
 - ``robot-sac check-config FILE --kind robot|env|train``: validates a config file (with ``--set``
   overrides) and prints the resolved config and its hash.
 
@@ -66,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
+    sub.add_parser("emulate", add_help=False, help="run the servo emulator on a pty (prints PORT <path>)")
+
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("path", type=Path)
     check.add_argument("--kind", choices=("robot", "env", "train"), required=True)
@@ -75,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code (2 for a bad config)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulate"]:
+        from sim.servo_emulator import main as emulate
+
+        return emulate(argv[1:])  # its own options; it owns this process (stdout carries the PORT line)
     args = _parser().parse_args(argv)
     try:
         match args.command:

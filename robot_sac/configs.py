@@ -36,9 +36,9 @@ class ArmReachConfig:
     action_penalty: float = param(0.01, ge=0.0, le=10.0, doc="reward weight of |a|^2 (a in policy units)")
     velocity_penalty: float = param(0.001, ge=0.0, le=10.0, doc="reward weight of |qdot|^2 (rad^2/s^2)")
     precision_reward: float = param(
-        0.0, ge=0.0, le=100.0, doc="weight of the bonus exp(-(d/precision_scale_m)^2) that sharpens the optimum"
+        1.0, ge=0.0, le=100.0, doc="weight of the bonus exp(-(d/precision_scale_m)^2) that sharpens the optimum"
     )
-    precision_scale_m: float = param(0.01, unit="m", gt=0.0, le=1.0, doc="width of the precision bonus")
+    precision_scale_m: float = param(0.02, unit="m", gt=0.0, le=1.0, doc="width of the precision bonus")
     target_min_height_m: float = param(0.03, unit="m", ge=-1.0, le=1.0, doc="targets sit above the table")
     target_min_radius_m: float = param(0.08, unit="m", ge=0.0, le=1.0, doc="targets keep clear of the base")
 

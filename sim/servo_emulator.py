@@ -43,6 +43,7 @@ import numpy as np
 
 from drivers import protocol2 as p2
 from drivers.calibration import Calibration, load_calibration
+from robot_sac.configs import REPO_CONFIG_DIR
 from robot_sac.errors import ConfigError
 from robot_sac.spec import load_robot_spec
 from sim.emulator_faults import FaultEvent, FaultInjector, FaultMode, FaultRule, parse_faults
@@ -312,8 +313,10 @@ class ServoEmulator:
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m sim.servo_emulator`` / ``robot-sac emulate`` arguments."""
     parser = argparse.ArgumentParser(prog="servo_emulator", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--robot", required=True, type=Path, help="robot YAML (configs/robots/arm4.yaml)")
-    parser.add_argument("--calibration", required=True, type=Path, help="calibration JSON (servo IDs, models)")
+    parser.add_argument("--robot", type=Path, default=REPO_CONFIG_DIR / "robots" / "arm4.yaml",
+                        help="robot YAML (default: configs/robots/arm4.yaml)")  # fmt: skip
+    parser.add_argument("--calibration", type=Path, default=REPO_CONFIG_DIR / "calibration" / "arm4.json",
+                        help="calibration JSON: servo IDs, models (default: configs/calibration/arm4.json)")  # fmt: skip
     parser.add_argument("--profile", default="nominal", help="nominal, reality, or a profile YAML file")
     parser.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     parser.add_argument("--faults", default="", help='fault spec, e.g. "silent:id=13,after=37; bad_crc:p=0.05"')

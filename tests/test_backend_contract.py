@@ -57,7 +57,9 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_backend(kind: str, request: pytest.FixtureRequest, arm4_spec: RobotSpec) -> Iterator[Callable[[], RobotBackend]]:
+def make_backend(
+    kind: str, request: pytest.FixtureRequest, arm4_spec: RobotSpec
+) -> Iterator[Callable[[], RobotBackend]]:
     made: list[RobotBackend] = []
 
     def factory() -> RobotBackend:
