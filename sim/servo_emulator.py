@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--robot", type=Path, default=REPO_CONFIG_DIR / "robots" / "arm4.yaml",
                         help="robot YAML (default: configs/robots/arm4.yaml)")  # fmt: skip
     parser.add_argument("--calibration", type=Path, default=REPO_CONFIG_DIR / "calibration" / "arm4.json",
-                        help="calibration JSON: servo IDs, models (default: configs/calibration/arm4.json)")  # fmt: skip
+                        help="servo IDs and models (default: configs/calibration/arm4.json)")  # fmt: skip
     parser.add_argument("--profile", default="nominal", help="nominal, reality, or a profile YAML file")
     parser.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     parser.add_argument("--faults", default="", help='fault spec, e.g. "silent:id=13,after=37; bad_crc:p=0.05"')
