@@ -88,3 +88,28 @@ def test_sdk_group_sync_read_equals_our_sync_read(
     statuses = wire.transact(p2.sync_read_packet(IDS, POSITION.address, POSITION.size), replies=len(IDS))
     ours = {s.servo_id: POSITION.decode(s.data) for s in statuses}
     assert theirs == ours
+
+
+def test_our_servo_bus_reads_what_the_sdk_reads(
+    held_arm: tuple[EmulatorProcess, Wire], sdk_port: tuple[Any, Any]
+) -> None:
+    from drivers.bus import ServoBus
+    from drivers.transport import SerialTransport
+
+    emu, _ = held_arm
+    port, handler = sdk_port
+    transport = SerialTransport(emu.port, 1_000_000)
+    try:
+        bus = ServoBus(transport, transaction_timeout_s=0.05)
+        group = sdk.GroupSyncRead(port, handler, POSITION.address, POSITION.size)
+        for sid in IDS:
+            assert group.addParam(sid)
+        assert group.txRxPacket() == sdk.COMM_SUCCESS
+        theirs = {sid: group.getData(sid, POSITION.address, POSITION.size) for sid in IDS}
+        ours = {sid: POSITION.decode(data) for sid, data in bus.sync_read(IDS, POSITION.address, POSITION.size).items()}
+        assert ours == theirs
+        for sid in IDS:
+            model, result, _ = handler.ping(port, sid)
+            assert result == sdk.COMM_SUCCESS and bus.ping(sid)[0] == model
+    finally:
+        transport.close()
