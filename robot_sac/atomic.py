@@ -29,6 +29,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)  # a shared artifact, not a private temp file
         os.replace(tmp_name, path)
         tmp_name = ""
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -13,6 +13,9 @@ Commands:
 - ``robot-sac emulate [--robot Y] [--profile nominal|reality] [--faults SPEC] [--record F]``: the
   servo emulator on a pseudo-terminal (prints ``PORT <path>``); point ``--port`` or
   ``serial.port`` at that path. ``robot-sac emulate --help`` lists every option.
+- ``robot-sac export RUN_DIR --out DIR [--batch]``: the run's actor as ONNX (normalization, tanh and
+  action scaling inside the graph), its contract in the metadata, a sha256 manifest; verified
+  against torch before anything is written.
 - ``robot-sac check-config FILE --kind robot|env|train``: validates a config file (with ``--set``
   overrides) and prints the resolved config and its hash.
 
@@ -34,7 +37,7 @@ import yaml
 
 from robot_sac.config_loader import config_hash, to_mapping
 from robot_sac.configs import REPO_CONFIG_DIR, load_env_config, load_train_config
-from robot_sac.errors import ConfigError, StorageError
+from robot_sac.errors import ConfigError, ModelContractError, ModelIntegrityError, StorageError
 from robot_sac.make_env import load_env_stack_config, make_backend, make_env
 from robot_sac.scripted import ReachIK
 from robot_sac.spec import load_robot_spec
@@ -71,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("emulate", add_help=False, help="run the servo emulator on a pty (prints PORT <path>)")
 
+    export = sub.add_parser("export", help="export a run's policy to ONNX with its contract and manifest")
+    export.add_argument("source", type=Path, help="run directory (newest checkpoint) or a checkpoints/step_* dir")
+    export.add_argument("--out", type=Path, required=True, help="policy directory to write")
+    export.add_argument("--batch", action="store_true", help="also write policy_batch.onnx (dynamic batch)")
+
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("path", type=Path)
     check.add_argument("--kind", choices=("robot", "env", "train"), required=True)
@@ -92,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _rollout(args)
             case "train":
                 return _train(args)
+            case "export":
+                return _export(args)
             case _:
                 return _check_config(args)
     except ConfigError as err:
@@ -100,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as err:
         print(f"storage error: {err}", file=sys.stderr)
         return 3
+    except (ModelContractError, ModelIntegrityError) as err:
+        print(f"policy error: {err}", file=sys.stderr)
+        return 4
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -131,6 +144,17 @@ def _train(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in final.items())
     print(f"trained {trainer.counters.env_steps} env steps, {trainer.counters.updates} updates; final evaluation: "
           f"{summary}\nrun directory: {run_dir} (learning curve: {curve.name})")  # fmt: skip
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from robot_sac.export import export_policy
+
+    result = export_policy(args.source, args.out, batch_variant=args.batch)
+    c = result.contract
+    print(f"exported {c.robot_name} policy (version {c.policy_version}, obs {c.obs_dim}, action {c.action_dim}, "
+          f"{c.control_hz:g} Hz) to {result.policy_dir}; onnxruntime vs torch max |Δ| "
+          f"{result.parity_max_abs_diff:.2e} rad over {result.parity_samples} observations")  # fmt: skip
     return 0
 
 
