@@ -21,6 +21,7 @@ import numpy as np
 from drivers.calibration import load_calibration
 from drivers.serial_backend import SerialBackend
 from robot_sac.configs import REPO_CONFIG_DIR, SerialConfig
+from robot_sac.errors import RobotFault
 from robot_sac.spec import load_robot_spec
 from sim.emulator_process import EmulatorProcess
 
@@ -44,25 +45,34 @@ def main() -> None:
             returns = np.empty(steps)
             reads = np.empty(steps)
             assert backend.bus is not None
+            fault = None
+            done = 0
             for k in range(steps):
                 t = k / args.hz
                 target = np.clip(home + 0.2 * np.sin(2 * np.pi * 0.25 * t), spec.soft_lower_rad, spec.soft_upper_rad)
                 before = time.perf_counter()
-                backend.step(target)
+                try:
+                    backend.step(target)
+                except RobotFault as err:
+                    fault = f"{type(err).__name__} after {k} cycles: {err}"
+                    break
                 returns[k] = time.perf_counter()
                 reads[k] = returns[k] - before
+                done = k + 1
+            returns, reads = returns[:done], reads[:done]
             health = backend.bus.health.as_dict()
             overruns, failed = backend.overruns, backend.failed_cycles
     periods_ms = np.diff(returns) * 1e3
     period_ms = 1e3 / args.hz
     cores = len(os.sched_getaffinity(0))
-    print(f"machine: {cores} cores; {steps} cycles at {args.hz:g} Hz ({period_ms:.1f} ms), 4 servos, {args.profile}")
+    print(f"machine: {cores} cores; {done} of {steps} cycles at {args.hz:g} Hz ({period_ms:.1f} ms), 4 servos, {args.profile}")
     print(
         f"cycle period ms: p50 {np.percentile(periods_ms, 50):.3f}  p99 {np.percentile(periods_ms, 99):.3f}  "
         f"max {periods_ms.max():.3f}  (p99 / period = {np.percentile(periods_ms, 99) / period_ms:.3f})"
     )
     print(f"step() call ms (write + wait + sync read): p50 {np.percentile(reads, 50) * 1e3:.3f}")
     print(f"overruns {overruns}, failed cycles {failed}, bus health {health}")
+    print(f"fault: {fault}" if fault else f"no fault in {done} cycles")
 
 
 if __name__ == "__main__":

@@ -199,7 +199,9 @@ class ServoBus:
     def _attempt(
         self, packet: bytes, ids: list[int], data_length: int, deadline_s: float
     ) -> dict[int, p2.StatusPacket]:
-        parser = p2.PacketParser(max_params_length=data_length + 1)  # guard from the expected reply size
+        # Length guard from the expected reply: error byte + data, plus what byte stuffing can add
+        # (one byte per FF FF FD in the data, e.g. a velocity of -1 followed by a position ending in FD).
+        parser = p2.PacketParser(max_params_length=data_length + 1 + (data_length + 1) // 3)
         self.transport.flush_input()
         self.transport.write(packet)
         wanted = set(ids)

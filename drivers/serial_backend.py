@@ -53,6 +53,8 @@ READ_LENGTH = X_SERIES["present_temperature"].address + 1 - READ_START
 _TICK_WRAP = 32768
 _TICK_SLACK_MS = 100.0
 _STALE_LAG_PERIODS = 0.5
+_STALE_LAG_MIN_MS = 8.0
+"""...but never less than this: host wake-up jitter between two reads must not look like staleness."""
 """A servo tick that falls this many control periods behind the host clock marks stale data."""
 _SETTLED_RAD_S = 0.05
 """Homing ends once every joint is this slow (two velocity units of an X-series servo)."""
@@ -259,10 +261,11 @@ class SerialBackend:
     def _read(self, deadline_s: float) -> tuple[RobotState, np.ndarray]:
         """Sync-read the state block; check tick advance; convert to SI. Also returns the goal read-back."""
         bus = self._require_bus()
+        requested = self._clock()  # the servos sample their tick on receipt: compare ticks with request times
         blocks = bus.sync_read(self.calibration.ids, READ_START, READ_LENGTH, deadline_s)
         now = self._clock()
         fields = {name: np.array([_field(blocks[i], name) for i in self.calibration.ids]) for name in _STATE_FIELDS}
-        self._check_tick(fields["realtime_tick"], now)
+        self._check_tick(fields["realtime_tick"], requested)
         cal = self.calibration
         state = RobotState(
             position_rad=cal.rad_from_ticks(fields["present_position"]),
@@ -282,7 +285,8 @@ class SerialBackend:
         # The servo's millisecond tick must keep pace with our clock: a tick that stopped, or fell
         # behind by most of a period, means the values are a frozen copy (SAFETY.md #16).
         lag_ms = elapsed_ms - advance
-        frozen = np.flatnonzero((advance == 0) | (lag_ms > _STALE_LAG_PERIODS * 1000.0 * self._spec.dt_s))
+        allowed_lag_ms = max(_STALE_LAG_PERIODS * 1000.0 * self._spec.dt_s, _STALE_LAG_MIN_MS)
+        frozen = np.flatnonzero((advance == 0) | (lag_ms > allowed_lag_ms))
         if frozen.size:
             ids = tuple(self.calibration.ids[i] for i in frozen)
             raise StaleObservation(

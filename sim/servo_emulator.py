@@ -42,6 +42,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from drivers import protocol2 as p2
+from drivers.control_table import X_SERIES
 from drivers.calibration import Calibration, load_calibration
 from robot_sac.configs import REPO_CONFIG_DIR
 from robot_sac.errors import ConfigError
@@ -54,6 +55,8 @@ from sim.servo_registers import BAUD_RATE_CODES, ServoRegisters
 log = logging.getLogger("sim.servo_emulator")
 
 _I = p2.Instruction
+_TICK_WRAP = 32768
+"""Realtime_Tick counts milliseconds from 0 to 32767 and wraps (e-manual)."""
 _MULTI = (_I.SYNC_READ, _I.SYNC_WRITE, _I.BULK_READ, _I.BULK_WRITE)
 _PR_SET_PDEATHSIG = 1
 _UNPLUG_DRAIN_S = 0.02
@@ -255,6 +258,11 @@ class ServoEmulator:
         if inst == _I.PING:
             return p2.StatusError.NONE, servo.read(0, 2)[1] + servo.read(6, 1)[1]  # model number, firmware
         if inst in (_I.READ, _I.SYNC_READ, _I.BULK_READ):
+            tick = X_SERIES["realtime_tick"]
+            if address <= tick.address < address + length and not self.plant.frozen[self.servos.index(servo)]:
+                # The tick is a live hardware counter on a real servo, not a value sampled at the last
+                # physics step: refresh it as the servo answers.
+                servo.set("realtime_tick", int((self._clock() - servo.tick_origin_s) * 1000.0) % _TICK_WRAP)
             return servo.read(address, length)
         if inst in (_I.WRITE, _I.SYNC_WRITE, _I.BULK_WRITE):
             return self._write(servo, address, data), b""

@@ -190,3 +190,14 @@ def test_alert_bit_reads_hardware_error_status_and_raises() -> None:
         bus.read_register(2, "present_position")
     assert err.value.servo_id == 2 and err.value.status_bits == 0x20
     assert transport.sent[-1].instruction == p2.Instruction.READ and transport.sent[-1].params[:2] == b"\x46\x00"
+
+
+def test_a_reply_that_needs_byte_stuffing_passes_the_length_guard() -> None:
+    payload = bytes([0xFF, 0xFF, 0xFF, 0xFF, 0xFD, 0x07, 0x00, 0x00])  # velocity -1, position 0x7FD
+
+    def stuffed(packet: p2.Packet) -> bytes:
+        return p2.status_packet(packet.servo_id, 0, payload)
+
+    bus, _, _ = servo_bus(stuffed)
+    assert p2.status_packet(1, 0, payload).count(b"\xff\xff\xfd\xfd") == 1  # the reply is stuffed on the wire
+    assert bus.read(1, 128, 8) == payload
