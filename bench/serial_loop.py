@@ -65,7 +65,9 @@ def main() -> None:
     periods_ms = np.diff(returns) * 1e3
     period_ms = 1e3 / args.hz
     cores = len(os.sched_getaffinity(0))
-    print(f"machine: {cores} cores; {done} of {steps} cycles at {args.hz:g} Hz ({period_ms:.1f} ms), 4 servos, {args.profile}")
+    print(
+        f"machine: {cores} cores; {done} of {steps} cycles at {args.hz:g} Hz ({period_ms:.1f} ms), 4 servos, {args.profile}"
+    )
     print(
         f"cycle period ms: p50 {np.percentile(periods_ms, 50):.3f}  p99 {np.percentile(periods_ms, 99):.3f}  "
         f"max {periods_ms.max():.3f}  (p99 / period = {np.percentile(periods_ms, 99) / period_ms:.3f})"

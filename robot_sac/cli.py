@@ -18,6 +18,16 @@ Commands:
   against torch before anything is written.
 - ``robot-sac check-config FILE --kind robot|env|train``: validates a config file (with ``--set``
   overrides) and prints the resolved config and its hash.
+- ``robot-sac deploy POLICY_DIR (--sim [--fast] | --port URL) [--robot Y] [--config E]
+  [--episodes N | --duration-s T] [--seed S] [--out DIR] [--set k=v]``: runs an exported ONNX
+  policy on the robot through the training env stack, on the robot's control rate (``--fast``:
+  simulation as fast as it computes), until done or SIGINT/SIGTERM (stop, hold, park; a second
+  signal holds and exits 1); writes ``deploy_report.json`` (and ``fault_*.npz`` dumps) to
+  ``--out``. ``--set deploy.<key>=v`` sets `policies.deploy.DeployConfig`, other keys the env.
+  Imports neither torch nor pybullet with ``--port``.
+
+Exit codes: 0 success, 1 aborted by a second signal, 2 bad config, 3 storage error, 4 the policy
+was refused (integrity or contract), 5 a deploy run ended with a fault.
 
 Backends, tasks and controllers are chosen and wired here and nowhere else.
 """
@@ -35,7 +45,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from robot_sac.config_loader import config_hash, to_mapping
+from robot_sac.config_loader import apply_overrides, config_hash, from_mapping, to_mapping
 from robot_sac.configs import REPO_CONFIG_DIR, load_env_config, load_train_config
 from robot_sac.errors import ConfigError, ModelContractError, ModelIntegrityError, StorageError
 from robot_sac.make_env import load_env_stack_config, make_backend, make_env
@@ -72,6 +82,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
+    dep = sub.add_parser("deploy", help="run an exported ONNX policy on the robot (--port) or in PyBullet (--sim)")
+    dep.add_argument("policy_dir", type=Path, help="directory with policy.onnx and manifest.json")
+    where = dep.add_mutually_exclusive_group(required=True)
+    where.add_argument("--sim", action="store_true", help="the PyBullet arm (real time unless --fast)")
+    where.add_argument("--port", default=None, help="servos on this serial port/pty (robot-sac emulate prints one)")
+    dep.add_argument("--robot", type=Path, default=None, help="robot YAML (default: the env config's)")
+    dep.add_argument("--config", type=Path, default=None, help="env YAML (default: built-in defaults)")
+    length = dep.add_mutually_exclusive_group()
+    length.add_argument("--episodes", type=int, default=None, help="episodes to run (default: until stopped)")
+    length.add_argument("--duration-s", type=float, default=None, help="seconds to run (default: until stopped)")
+    dep.add_argument("--seed", type=int, default=0, help="seed of the first episode")
+    dep.add_argument("--fast", action="store_true", help="--sim only: no real-time pacing")
+    dep.add_argument("--out", type=Path, default=None, help="report directory (default: runs/deploy-<time>)")
+    dep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="env key (task.horizon_steps=200) or deploy.<key> (deploy.stop_action=hold)")  # fmt: skip
+
     sub.add_parser("emulate", add_help=False, help="run the servo emulator on a pty (prints PORT <path>)")
 
     export = sub.add_parser("export", help="export a run's policy to ONNX with its contract and manifest")
@@ -102,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _train(args)
             case "export":
                 return _export(args)
+            case "deploy":
+                return _deploy(args)
             case _:
                 return _check_config(args)
     except ConfigError as err:
@@ -182,6 +210,63 @@ def _run_episode(env: Any, controller: ReachIK, seed: int) -> dict[str, Any]:
     clips = sum(info["clip_counts"].values())
     return {"seed": seed, "steps": steps, "return": ret, "success": bool(info["success"]),
             "final_distance_m": float(info["distance_m"]), "clips": clips, "fault": info["fault"]}  # fmt: skip
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """Compose policy, backend, env, pacer and loop; run; write and print the report."""
+    from policies.deploy import DeployConfig, DeployLoop
+    from policies.deploy_report import REPORT_FILE
+    from policies.onnx_policy import OnnxPolicy, expected_contract
+    from policies.pacing import BackendPacer, FreeRunPacer, Pacer, SleepPacer
+    from policies.signals import SignalStop
+    from robot_sac.tasks.arm_reach import ArmReach
+
+    if args.fast and args.port:
+        raise ConfigError("--fast is for --sim: hardware runs at its control rate")
+    deploy_overrides = [o.removeprefix("deploy.") for o in args.overrides if o.startswith("deploy.")]
+    env_overrides = [o for o in args.overrides if not o.startswith("deploy.")]
+    if args.robot is not None:
+        env_overrides.insert(0, f"robot={args.robot.resolve()}")
+    env_overrides += ["backend=serial", f"serial.port={args.port}"] if args.port else ["backend=pybullet"]
+    env_overrides.append("normalization.enabled=false")  # the normalizer is inside the ONNX graph
+    config, spec = load_env_stack_config(args.config, tuple(env_overrides))
+    cfg = from_mapping(DeployConfig, apply_overrides(to_mapping(DeployConfig()), deploy_overrides), source="--set")
+
+    # Everything about the policy is checked before the robot is touched (SAFETY.md #18, #25, #26).
+    policy = OnnxPolicy(args.policy_dir, threads=cfg.threads, warmup_runs=cfg.warmup_runs)
+    expected = expected_contract(spec, ArmReach(spec, config.task).observation_names)
+    policy.check_compatible(expected, ignore=("normalizer_digest", "clip_sigma"))  # the robot cannot know them
+    warm = policy.warm_up()
+    policy.check_latency(cfg.inference_budget_periods * spec.dt_s)
+
+    backend = make_backend(config, spec)
+    pacer: Pacer = SleepPacer(spec.dt_s)
+    if args.fast:
+        pacer = FreeRunPacer()
+    elif args.port:
+        from drivers.serial_backend import SerialBackend
+
+        assert isinstance(backend, SerialBackend)
+        serial = backend
+        pacer = BackendPacer(lambda: serial.overruns)  # the backend paces each step: no second sleep
+    env = make_env(config, backend)
+    out = args.out or Path("runs") / time.strftime("deploy-%Y%m%d-%H%M%S")
+    where = f"servos on {args.port}" if args.port else ("PyBullet, fast" if args.fast else "PyBullet, real time")
+    with SignalStop() as stop:
+        loop = DeployLoop(env, policy, spec, pacer, cfg, stop=stop, dump_dir=out, policy_label=str(args.policy_dir),
+                          policy_sha256=policy.sha256, warmup_us=warm.as_dict())  # fmt: skip
+        try:
+            print(f"deploying {args.policy_dir} on {spec.name} ({where}) at {spec.control_hz:g} Hz; warm-up p50 "
+                  f"{warm.p50_us:.0f} µs p99 {warm.p99_us:.0f} µs; SIGINT/SIGTERM stops", flush=True)  # fmt: skip
+            report = loop.run(episodes=args.episodes, duration_s=args.duration_s, seed=args.seed)
+        finally:
+            try:
+                loop.report.write(out)  # also after a crash: the partial account is worth having
+            finally:
+                env.close()
+    print(report.table())
+    print(f"report: {out / REPORT_FILE}")
+    return report.exit_code
 
 
 def _fault_demo(env: Any, seed: int) -> dict[str, Any]:

@@ -42,8 +42,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from drivers import protocol2 as p2
-from drivers.control_table import X_SERIES
 from drivers.calibration import Calibration, load_calibration
+from drivers.control_table import X_SERIES
 from robot_sac.configs import REPO_CONFIG_DIR
 from robot_sac.errors import ConfigError
 from robot_sac.spec import load_robot_spec
