@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type information
+import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
 import robot_sac
 from robot_sac.checkpoint import CHECKPOINTS_DIR, load_checkpoint, load_latest_checkpoint
-from robot_sac.config_loader import config_hash
-from robot_sac.configs import TrainConfig
+from robot_sac.config_loader import config_hash, from_mapping, to_mapping
+from robot_sac.configs import NetworkConfig, TrainConfig
 from robot_sac.errors import ConfigError, ModelContractError, StorageError
 from robot_sac.networks import SquashedGaussianActor
 from robot_sac.normalization import ObservationNormalizer
@@ -41,7 +41,9 @@ from robot_sac.policy_contract import (
     INPUT_NAME,
     MODEL_FILE,
     OUTPUT_NAME,
+    TORCH_TWIN_FILE,
     PolicyContract,
+    verify_file,
     write_manifest,
 )
 from robot_sac.spec import RobotSpec, load_robot_spec
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-5
 """Largest |onnxruntime - torch| accepted on any output element, in rad."""
 PARITY_SAMPLES = 1000
+TORCH_FILE = TORCH_TWIN_FILE
 
 
 class ExportedPolicy(nn.Module):
@@ -139,6 +142,7 @@ def export_policy(source: Path, out_dir: Path, *, batch_variant: bool = False) -
         _export_onnx(module, out_dir / BATCH_MODEL_FILE, contract, dynamic_batch=True)
     observations = parity_observations(checkpoint, config, spec)
     worst = check_parity(module, out_dir / MODEL_FILE, observations)
+    _save_torch_twin(module, config, out_dir / TORCH_FILE)
     extra = {
         "parity": {"samples": len(observations), "max_abs_diff_rad": worst, "tolerance_rad": PARITY_TOLERANCE},
         "source": {"run_dir": str(run_dir), "checkpoint": checkpoint.name},
@@ -170,6 +174,33 @@ def make_contract(
         package_version=robot_sac.__version__,
         policy_version=policy_version,
     )
+
+
+def _save_torch_twin(module: ExportedPolicy, config: TrainConfig, path: Path) -> None:
+    """The exported module's weights and network shape (``torch.load(weights_only=True)`` reads it)."""
+    twin = {
+        "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "clip": module.clip,
+        "obs_dim": module.actor.obs_dim,
+        "action_dim": module.actor.action_dim,
+        "network": to_mapping(config.sac.network),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(twin, tmp)
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+
+
+def load_torch_twin(policy_dir: Path) -> ExportedPolicy:
+    """The torch module an export was made from (for parity and evaluation), checked against the manifest."""
+    verify_file(policy_dir, TORCH_FILE)
+    twin = torch.load(Path(policy_dir) / TORCH_FILE, weights_only=True)
+    network = from_mapping(NetworkConfig, twin["network"], source=str(policy_dir / TORCH_FILE))
+    actor = SquashedGaussianActor(int(twin["obs_dim"]), int(twin["action_dim"]), network)
+    module = ExportedPolicy(actor, None, np.zeros(int(twin["action_dim"])))
+    module.clip = float(twin["clip"])
+    module.load_state_dict(twin["state_dict"])
+    return module.eval()
 
 
 def _normalizer(state: dict[str, Any]) -> ObservationNormalizer | None:

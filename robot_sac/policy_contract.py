@@ -33,6 +33,8 @@ ACTION_SEMANTICS = "joint_target_delta_rad"
 MODEL_FILE = "policy.onnx"
 BATCH_MODEL_FILE = "policy_batch.onnx"
 MANIFEST_FILE = "manifest.json"
+TORCH_TWIN_FILE = "policy_torch.pt"
+"""Optional: the exported module's torch weights (for parity checks off the controller)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,7 +151,7 @@ def write_manifest(policy_dir: str | Path, contract: PolicyContract, extra: Mapp
     policy_dir = Path(policy_dir)
     files = {
         name: {"sha256": sha256_file(policy_dir / name), "bytes": (policy_dir / name).stat().st_size}
-        for name in (MODEL_FILE, BATCH_MODEL_FILE)
+        for name in (MODEL_FILE, BATCH_MODEL_FILE, TORCH_TWIN_FILE)
         if (policy_dir / name).is_file()
     }
     doc = {"schema_version": SCHEMA_VERSION, "files": files, "contract": asdict(contract), **(extra or {})}

@@ -119,3 +119,15 @@ def test_exported_module_clips_like_the_normalizer() -> None:
     with torch.no_grad():
         expected = actor.deterministic(torch.as_tensor(norm.normalize(far.numpy()))) * torch.tensor([0.1, 0.2])
         np.testing.assert_allclose(module(far).numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_torch_twin_matches_the_onnx_graph(policy_dir: Path) -> None:
+    from robot_sac.export import load_torch_twin
+
+    module = load_torch_twin(policy_dir)
+    obs = np.random.default_rng(1).normal(size=(8, 21)).astype(np.float32) * 0.2
+    session = ort.InferenceSession(str(policy_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = module(torch.as_tensor(obs)).numpy()
+    got = np.concatenate([session.run(None, {"observation": row[None]})[0] for row in obs])
+    np.testing.assert_allclose(got, expected, atol=PARITY_TOLERANCE)
