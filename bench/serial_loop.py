@@ -66,7 +66,8 @@ def main() -> None:
     period_ms = 1e3 / args.hz
     cores = len(os.sched_getaffinity(0))
     print(
-        f"machine: {cores} cores; {done} of {steps} cycles at {args.hz:g} Hz ({period_ms:.1f} ms), 4 servos, {args.profile}"
+        f"machine: {cores} cores; {done} of {steps} cycles at {args.hz:g} Hz ({period_ms:.1f} ms), "
+        f"4 servos, {args.profile}"
     )
     print(
         f"cycle period ms: p50 {np.percentile(periods_ms, 50):.3f}  p99 {np.percentile(periods_ms, 99):.3f}  "

@@ -30,7 +30,15 @@ INTERFACE_MODULES = [
     "robot_sac.fake_backend",
     "robot_sac.scripted",
 ]
-DEPLOY_PACKAGES = ["drivers", "policies"]
+DEPLOY_PACKAGES = [
+    "drivers",
+    "policies",
+    "policies.onnx_policy",
+    "policies.deploy",
+    "policies.deploy_report",
+    "policies.pacing",
+    "policies.signals",
+]
 ALLOWED_THIRD_PARTY = {"numpy", "gymnasium", "yaml", "serial", "onnxruntime"}
 
 BLOCKER = textwrap.dedent(
