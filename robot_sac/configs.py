@@ -41,6 +41,9 @@ class ArmReachConfig:
     precision_scale_m: float = param(0.02, unit="m", gt=0.0, le=1.0, doc="width of the precision bonus")
     target_min_height_m: float = param(0.03, unit="m", ge=-1.0, le=1.0, doc="targets sit above the table")
     target_min_radius_m: float = param(0.08, unit="m", ge=0.0, le=1.0, doc="targets keep clear of the base")
+    target_max_azimuth_rad: float = param(
+        1.5708, unit="rad", gt=0.0, le=3.1416, doc="targets lie within this angle of the arm's front (x axis)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
