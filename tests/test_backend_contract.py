@@ -197,6 +197,7 @@ def test_wrong_target_shape_is_a_programming_error(backend: RobotBackend) -> Non
 def test_same_seed_same_trajectory(make_backend: Callable[[], RobotBackend], kind: str) -> None:
     if kind not in SIMULATORS:
         pytest.skip("seeded determinism is a simulator promise; the physical world is not seeded")
+
     def trajectory(b: RobotBackend) -> np.ndarray:
         spec = b.spec
         b.connect()

@@ -7,7 +7,6 @@ of 20 seeded episodes, with the same outcome per episode as the torch module it 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
