@@ -56,8 +56,9 @@ _STALE_LAG_PERIODS = 0.5
 _STALE_LAG_MIN_MS = 8.0
 """...but never less than this: host wake-up jitter between two reads must not look like staleness."""
 """A servo tick that falls this many control periods behind the host clock marks stale data."""
-_SETTLED_RAD_S = 0.05
-"""Homing ends once every joint is this slow (two velocity units of an X-series servo)."""
+_SETTLED_RAD_S = 0.1
+"""Homing ends once no joint moved faster than this over the last period (from positions, not from
+Present_Velocity, whose last units jitter at rest)."""
 _RETRYABLE = (CommTimeout, CommCorrupt, StaleObservation, CommandNotApplied)
 
 
@@ -311,11 +312,13 @@ class SerialBackend:
         goal = np.clip(state.position_rad, *self._hard_limits())
         max_step = cfg.homing_speed_rad_s * spec.dt_s
         give_up = self._clock() + cfg.homing_timeout_s
+        previous = state.position_rad
         while not (
             np.array_equal(goal, home)
             and np.abs(state.position_rad - home).max() <= cfg.homing_tolerance_rad
-            and np.abs(state.velocity_rad_s).max() <= _SETTLED_RAD_S
+            and np.abs(state.position_rad - previous).max() <= _SETTLED_RAD_S * spec.dt_s
         ):
+            previous = state.position_rad
             if self._clock() > give_up:
                 worst = spec.joint_names[int(np.argmax(np.abs(state.position_rad - home)))]
                 raise CommandNotApplied(
