@@ -145,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from robot_sac.metrics import plot_learning_curves
+    from robot_sac.runtime.local import LocalRuntime
+    from robot_sac.train import Trainer
     from robot_sac.train_setup import load_run_config, resume_run, start_run
 
     overrides = list(args.overrides)
@@ -164,10 +166,13 @@ def _train(args: argparse.Namespace) -> int:
         config = load_train_config(args.config or DEFAULT_TRAIN_CONFIG, tuple(overrides))
         run_dir = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         trainer = start_run(config, run_dir, show_progress=not args.no_progress)
+    runner: Trainer | LocalRuntime = trainer
+    if config.runtime.mode == "local":
+        runner = LocalRuntime(trainer)
     try:
-        final = trainer.train(config.run.total_steps)
+        final = runner.train(config.run.total_steps)
     finally:
-        trainer.close()
+        runner.close()
     curve = plot_learning_curves(run_dir)
     summary = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in final.items())
     print(f"trained {trainer.counters.env_steps} env steps, {trainer.counters.updates} updates; final evaluation: "

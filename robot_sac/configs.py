@@ -240,6 +240,35 @@ class RunConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """How collection and learning are arranged: one loop, or actor processes and a learner."""
+
+    mode: Literal["sync", "local"] = param(
+        "sync", doc="sync: one process steps and learns in turn; local: actor processes feed a learner"
+    )
+    actors: int | None = param(None, ge=1, le=256, doc="actor processes (local); null: cores - 1, at least 1")
+    max_actor_lead_steps: int = param(
+        1_000, ge=1, le=10**7, doc="env steps the actors may run ahead of the learner's ingestion (throttle)"
+    )
+    publish_interval_updates: int = param(
+        50, ge=1, le=10**6, doc="gradient updates between weight + statistics publications to the actors"
+    )
+    chunk_steps: int = param(50, ge=1, le=100_000, doc="env steps per transition chunk (an episode end sends early)")
+    queue_chunks: int = param(64, ge=1, le=100_000, doc="transition queue capacity; a full queue drops (counted)")
+    heartbeat_timeout_s: float = param(
+        3.0, unit="s", gt=0.0, le=600.0, doc="a peer silent this long is presumed dead (actors stop, learner restarts)"
+    )
+
+    def __post_init__(self) -> None:
+        """A chunk must fit in the lead, or an actor could never fill one and would wait forever."""
+        if self.chunk_steps > self.max_actor_lead_steps:
+            raise ConfigError(
+                f"runtime.chunk_steps={self.chunk_steps} exceeds runtime.max_actor_lead_steps="
+                f"{self.max_actor_lead_steps}; an actor could never fill a chunk. Lower chunk_steps or raise the lead"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """A training run: the env, the learner and the run settings."""
 
@@ -250,6 +279,7 @@ class TrainConfig:
     env: EnvConfig = param(EnvConfig)
     sac: SACConfig = param(SACConfig)
     run: RunConfig = param(RunConfig)
+    runtime: RuntimeConfig = param(RuntimeConfig)
 
 
 def load_env_config(path: str | Path, overrides: tuple[str, ...] = ()) -> EnvConfig:

@@ -1,0 +1,165 @@
+"""The local asynchronous runtime on Pendulum-v1: two actors feed a learner; crashes and stops."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robot_sac.checkpoint import latest_checkpoint, load_checkpoint
+from robot_sac.cli import main
+from robot_sac.configs import TrainConfig, load_train_config
+from robot_sac.metrics import read_metrics
+from robot_sac.runtime.actor import EPISODES_PER_STREAM
+from robot_sac.runtime.local import LocalRuntime
+from robot_sac.train_setup import start_run
+from tests.conftest import CONFIG_DIR, REPO_ROOT
+
+PENDULUM = CONFIG_DIR / "train" / "pendulum.yaml"
+SMALL = (
+    "sac.network.hidden_sizes=[32, 32]",
+    "sac.batch_size=32",
+    "sac.learning_starts=100",
+    "sac.cpu_threads=1",
+    "run.eval_episodes=1",
+    "run.log_interval_steps=100",
+    "runtime.mode=local",
+    "runtime.actors=2",
+    "runtime.chunk_steps=25",
+    "runtime.max_actor_lead_steps=100",
+    "runtime.publish_interval_updates=10",
+)
+
+
+def _config(steps: int, *extra: str) -> TrainConfig:
+    overrides = (*SMALL, f"run.total_steps={steps}", f"run.eval_interval_steps={steps}",
+                 f"run.checkpoint_interval_steps={steps}", *extra)  # fmt: skip
+    return load_train_config(PENDULUM, overrides)
+
+
+def _children(pid: int) -> list[int]:
+    """Live (non-zombie) processes whose parent is ``pid``, from /proc (multiprocessing's resource
+    tracker, a helper that exits with its parent, is not counted)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                if b"resource_tracker" in (entry / "cmdline").read_bytes():
+                    continue
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_two_actors_feed_the_learner(tmp_path: Path) -> None:
+    config = _config(600, "env.normalization.enabled=true")
+    runtime = LocalRuntime(start_run(config, tmp_path / "run", show_progress=False))
+    try:
+        final = runtime.train(config.run.total_steps)
+    finally:
+        runtime.close()
+    c, buffer = runtime.counters, runtime.trainer.buffer
+    assert c.env_steps == 600 and len(buffer) == 600
+    assert c.updates == 600 - 100 + 1  # the sync loop's count: one per step from learning_starts on
+    streams = set((buffer.episode[:600] // EPISODES_PER_STREAM).tolist())
+    assert streams == {0, 1}  # both actors
+    versions = buffer.policy_version[:600]
+    assert versions.max() > 0 and len(np.unique(versions)) >= 2
+    for stream in streams:  # each actor's versions never go back
+        mine = versions[buffer.episode[:600] // EPISODES_PER_STREAM == stream]
+        assert (np.diff(mine) >= 0).all()
+    assert math.isfinite(final["eval/return"])
+    metrics = read_metrics(tmp_path / "run")
+    assert np.isfinite(metrics["sac/critic_loss"][1]).all() and np.isfinite(metrics["sac/actor_loss"][1]).all()
+    assert "runtime/weight_staleness_updates" in metrics
+    norm = runtime.trainer.normalizer
+    assert norm is not None and norm.stats.count >= 600  # every actor's stats delta merged
+    assert multiprocessing.active_children() == [] and _children(os.getpid()) == []
+
+
+def test_cli_uses_the_local_runtime(tmp_path: Path) -> None:
+    args = ["train", "--config", str(PENDULUM), "--steps", "300", "--out", str(tmp_path / "run"), "--no-progress"]
+    for item in (*SMALL, "run.eval_interval_steps=300"):
+        args += ["--set", item]
+    assert main(args) == 0
+    assert "runtime/queue_depth" in read_metrics(tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run") is not None
+    assert multiprocessing.active_children() == []
+
+
+def test_a_killed_actor_is_restarted_and_the_run_completes(tmp_path: Path) -> None:
+    config = _config(3000)
+    runtime = LocalRuntime(start_run(config, tmp_path / "run", show_progress=False))
+    pids: list[int] = []
+
+    def kill_one() -> None:
+        while runtime.counters.env_steps < 300:
+            time.sleep(0.02)
+        pids.extend(p.pid for p in runtime.pool.processes if p is not None)
+        os.kill(pids[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    try:
+        runtime.train(config.run.total_steps)
+    finally:
+        runtime.close()
+    killer.join(1.0)
+    assert runtime.pool.restarts == 1 and runtime.counters.env_steps >= 3000
+    streams = set((runtime.trainer.buffer.episode[:3000] // EPISODES_PER_STREAM).tolist())
+    assert 2 in streams  # the restarted actor (a new stream id) contributed
+    assert multiprocessing.active_children() == []
+    assert not any(_alive(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT])
+def test_learner_death_or_interrupt_leaves_no_actor_behind(tmp_path: Path, signal_number: int) -> None:
+    """SIGKILL: the actors see the heartbeat stop and exit; SIGINT: the learner stops them and saves."""
+    run = tmp_path / "run"
+    code = (
+        "import sys\nfrom robot_sac.cli import main\n"
+        f"sys.exit(main(['train', '--config', {str(PENDULUM)!r}, '--steps', '1000000', '--out', {str(run)!r},"
+        f" '--no-progress'] + sum((['--set', s] for s in {list(SMALL)!r}), [])"
+        " + ['--set', 'run.checkpoint_interval_steps=500', '--set', 'runtime.heartbeat_timeout_s=1.5']))\n"
+    )
+    learner = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while latest_checkpoint(run) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        actors = _children(learner.pid)
+        assert len(actors) >= 2, "the learner should have started its actors"
+        learner.send_signal(signal_number)
+        killed_at = time.monotonic()
+        deadline = killed_at + 10
+        while any(_alive(p) for p in actors) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in actors), "an actor outlived the learner"
+        assert time.monotonic() - killed_at < 5.0
+        learner.wait(10)
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+            learner.wait()
+    found = latest_checkpoint(run)
+    assert found is not None and "agent" in load_checkpoint(found)
