@@ -23,15 +23,11 @@ from robot_sac.runtime.actor import EPISODES_PER_STREAM
 from robot_sac.runtime.local import LocalRuntime
 from robot_sac.train_setup import start_run
 from tests.conftest import CONFIG_DIR, REPO_ROOT
+from tests.test_train import SMALL as TRAIN_SMALL
 
 PENDULUM = CONFIG_DIR / "train" / "pendulum.yaml"
 SMALL = (
-    "sac.network.hidden_sizes=[32, 32]",
-    "sac.batch_size=32",
-    "sac.learning_starts=100",
-    "sac.cpu_threads=1",
-    "run.eval_episodes=1",
-    "run.log_interval_steps=100",
+    *TRAIN_SMALL,
     "runtime.mode=local",
     "runtime.actors=2",
     "runtime.chunk_steps=25",
