@@ -41,11 +41,19 @@ from typing import Any, Literal, Protocol
 import gymnasium as gym
 import numpy as np
 
-from policies.deploy_report import DeployReport, EpisodeResult, FaultRecord, Percentiles, RingBuffer
+from policies.deploy_report import (
+    DeployReport,
+    EpisodeResult,
+    FaultRecord,
+    Percentiles,
+    RingBuffer,
+    period_histogram_ms,
+)
 from policies.pacing import Pacer
 from policies.signals import DeployAborted, StopFlag
 from robot_sac.config_loader import param
-from robot_sac.errors import DeadlineMiss, EnvStateError, RobotFault, SafetyViolation, fault_name
+from robot_sac.errors import DeadlineMiss, EnvStateError, FaultLevel, RobotFault, SafetyViolation, fault_name
+from robot_sac.gc_pauses import freeze_heap
 from robot_sac.safety import CLIP_STAGES
 from robot_sac.spec import RobotSpec
 
@@ -82,7 +90,19 @@ class DeployConfig:
         4.0, unit="s", gt=0.0, le=60.0, doc="the stop sequence gives up (and holds) after this (SAFETY.md #27: < 5 s)"
     )
     park_settle_steps: int = param(5, ge=0, le=10_000, doc="periods the home target is held before parking ends")
-    disable_gc: bool = param(True, doc="no cyclic garbage collection inside an episode (collected between them)")
+    reset_attempts: int = param(
+        3, ge=1, le=100, doc="tries of an episode's reset (homing) that met a transient bus fault; 1: no retry"
+    )
+    reset_retry_s: float = param(0.5, unit="s", ge=0.0, le=60.0, doc="wait before a reset is tried again")
+    disable_gc: bool = param(
+        True, doc="no cyclic garbage collection inside an episode (collected between them, the set-up heap frozen)"
+    )
+    realtime_priority: int = param(
+        0,
+        ge=0,
+        le=99,
+        doc="SCHED_FIFO priority of the loop where the OS allows (e.g. 20, robot_sac.realtime); 0: normal",
+    )
 
 
 class Policy(Protocol):
@@ -109,6 +129,7 @@ class DeployLoop:
         config: timing, fault and stop settings.
         stop: a stop request (`policies.signals.SignalStop` on the command line).
         clock: monotonic time in s (the pacer's clock; injectable for tests).
+        sleep: waits that many s (between reset attempts; injectable for tests).
         dump_dir: where fault dumps go (None: not written).
         policy_label, policy_sha256, warmup_us: copied into the report.
     """
@@ -123,6 +144,7 @@ class DeployLoop:
         *,
         stop: StopFlag | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         dump_dir: Path | None = None,
         policy_label: str = "",
         policy_sha256: str = "",
@@ -131,7 +153,7 @@ class DeployLoop:
         """Compose the loop; nothing moves until `run`."""
         self.env, self.policy, self.spec, self.pacer, self.config = env, policy, spec, pacer, config
         self.stop = stop or StopFlag()
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep
         self.dump_dir = dump_dir
         self.period_s = spec.dt_s
         self._watchdog_s = config.watchdog_periods * spec.dt_s
@@ -168,6 +190,8 @@ class DeployLoop:
         """
         if not self.policy.ready:
             raise EnvStateError("the policy was not warmed up: run warm_up() before the robot moves (SAFETY.md #18)")
+        if self.config.disable_gc:
+            freeze_heap()  # set up: collections between episodes skip it (robot_sac.gc_pauses)
         report = self.report
         self._t0 = self.clock()
         self._end_s = None if duration_s is None else self._t0 + duration_s
@@ -187,6 +211,7 @@ class DeployLoop:
             report.steps = sum(e.steps for e in report.episodes)
             report.duration_s = self.clock() - self._t0
             report.loop_period_ms = Percentiles.of(self._periods_s, 1e3)
+            report.loop_period_histogram_ms = period_histogram_ms(self._periods_s, self.spec.dt_s)
             report.inference_us = Percentiles.of(self._inference_s, 1e6)
         return report
 
@@ -216,7 +241,7 @@ class DeployLoop:
         """One episode; returns its result (``fault`` set when a fault ended it)."""
         self._live_info = None
         try:
-            obs, info = self.env.reset(seed=seed)
+            obs, info = self._reset(index, seed)
         except (RobotFault, EnvStateError) as err:
             self._fault(fault_name(err), str(err), index, 0)
             return EpisodeResult(index, seed, 0, 0.0, False, None, {}, fault_name(err), False)
@@ -254,6 +279,26 @@ class DeployLoop:
             fault,
             stopped,
         )
+
+    def _reset(self, index: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """``env.reset``; a transient fault (a timeout, a corrupt reply) while homing is tried again.
+
+        Up to ``reset_attempts`` tries, ``reset_retry_s`` apart, each failed one recorded in
+        ``report.recovered_faults``. No episode runs on a failed reset (the robot holds), so a
+        retry risks nothing; a latched fault (unplugged, rebooted, hardware error) is not retried.
+        """
+        for attempt in range(1, self.config.reset_attempts + 1):
+            try:
+                return self.env.reset(seed=seed)
+            except RobotFault as err:
+                if err.level is FaultLevel.LATCHED or attempt == self.config.reset_attempts or self._stop_reason():
+                    raise
+                name, at_s = fault_name(err), self.clock() - self._t0
+                self.report.recovered_faults.append(FaultRecord(name, str(err), index, 0, at_s, None))
+                log.warning("reset of episode %d failed (%s: %s); trying again in %.1f s (%d of %d)", index, name, err,
+                            self.config.reset_retry_s, attempt, self.config.reset_attempts)  # fmt: skip
+                self.sleep(self.config.reset_retry_s)
+        raise AssertionError("unreachable")
 
     def _step(
         self, episode: int, step: int, obs: np.ndarray, info: dict[str, Any], last_obs_s: float

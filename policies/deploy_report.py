@@ -114,12 +114,15 @@ class DeployReport:
     episodes: list[EpisodeResult] = field(default_factory=list)
     loop_period_ms: Percentiles = Percentiles(0, 0.0, 0.0, 0.0)
     inference_us: Percentiles = Percentiles(0, 0.0, 0.0, 0.0)
+    loop_period_histogram_ms: dict[str, list[float]] = field(default_factory=dict)
     warmup_us: dict[str, float] = field(default_factory=dict)
     overruns: int = 0
     skipped_slots: int = 0
     max_consecutive_overruns: int = 0
     safety_clips: dict[str, int] = field(default_factory=dict)
     faults: list[FaultRecord] = field(default_factory=list)
+    recovered_faults: list[FaultRecord] = field(default_factory=list)
+    """Transient faults at an episode's reset that a retry got past (the run went on)."""
     stop_reason: str = ""
     park: str = "not_run"
     exit_code: int = 0
@@ -162,10 +165,24 @@ class DeployReport:
             f"loop period ms p50 {p.p50:.2f} p99 {p.p99:.2f} max {p.max:.2f}; "
             f"inference µs p50 {i.p50:.1f} p99 {i.p99:.1f} max {i.max:.1f}",
             f"overruns {self.overruns} (skipped slots {self.skipped_slots}), safety clips {self.safety_clips}, "
-            f"faults {[f.name for f in self.faults] or 'none'}",
+            f"faults {[f.name for f in self.faults] or 'none'}"
+            + (f", recovered at reset {[f.name for f in self.recovered_faults]}" if self.recovered_faults else ""),
             f"stopped by {self.stop_reason}; {self.stop_action}: {self.park}; exit code {self.exit_code}",
         ]
         return "\n".join(rows)
+
+
+def period_histogram_ms(periods_s: array[float] | np.ndarray, period_s: float) -> dict[str, list[float]]:
+    """Counts of loop periods in 0.5 ms bins from 0 to 3 periods (longer ones in the last bin).
+
+    Returns:
+        ``{"edges_ms": [...], "counts": [...]}`` (len(counts) == len(edges_ms) - 1), JSON-ready.
+    """
+    top_ms = 3e3 * period_s
+    edges = np.arange(0.0, top_ms + 0.5, 0.5)
+    values = np.minimum(np.asarray(periods_s, dtype=np.float64) * 1e3, edges[-1] - 1e-9)
+    counts, _ = np.histogram(values, bins=edges)
+    return {"edges_ms": edges.tolist(), "counts": counts.astype(float).tolist()}
 
 
 class RingBuffer:

@@ -16,6 +16,8 @@ Commands:
 - ``robot-sac export RUN_DIR --out DIR [--batch]``: the run's actor as ONNX (normalization, tanh and
   action scaling inside the graph), its contract in the metadata, a sha256 manifest; verified
   against torch before anything is written.
+- ``robot-sac finetune SIM_RUN --port URL [--robot Y] [--budget-s N] [--sim-actors K]``: continues
+  a simulation run on the robot (see `robot_sac.cli_robot`).
 - ``robot-sac check-config FILE --kind robot|env|train``: validates a config file (with ``--set``
   overrides) and prints the resolved config and its hash.
 - ``robot-sac deploy POLICY_DIR (--sim [--fast] | --port URL) [--robot Y] [--config E]
@@ -45,6 +47,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from robot_sac import cli_robot as robot_commands
+from robot_sac.cli_robot import add_robot_commands
 from robot_sac.config_loader import apply_overrides, config_hash, from_mapping, to_mapping
 from robot_sac.configs import REPO_CONFIG_DIR, load_env_config, load_train_config
 from robot_sac.errors import ConfigError, ModelContractError, ModelIntegrityError, StorageError
@@ -105,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="policy directory to write")
     export.add_argument("--batch", action="store_true", help="also write policy_batch.onnx (dynamic batch)")
 
+    add_robot_commands(sub)
+
     check = sub.add_parser("check-config", help="validate a config file and print it resolved")
     check.add_argument("path", type=Path)
     check.add_argument("--kind", choices=("robot", "env", "train"), required=True)
@@ -130,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _export(args)
             case "deploy":
                 return _deploy(args)
+            case "finetune":
+                return robot_commands.finetune(args)
+            case "demo":
+                return robot_commands.demo(args)
+            case "eval":
+                return robot_commands.evaluate(args)
             case _:
                 return _check_config(args)
     except ConfigError as err:
@@ -145,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from robot_sac.metrics import plot_learning_curves
+    from robot_sac.runtime.learner import AsyncLearner
     from robot_sac.runtime.local import LocalRuntime
     from robot_sac.train import Trainer
     from robot_sac.train_setup import load_run_config, resume_run, start_run
@@ -166,9 +179,16 @@ def _train(args: argparse.Namespace) -> int:
         config = load_train_config(args.config or DEFAULT_TRAIN_CONFIG, tuple(overrides))
         run_dir = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         trainer = start_run(config, run_dir, show_progress=not args.no_progress)
-    runner: Trainer | LocalRuntime = trainer
-    if config.runtime.mode == "local":
-        runner = LocalRuntime(trainer)
+    runner: Trainer | AsyncLearner
+    match config.runtime.mode:
+        case "sync":
+            runner = trainer
+        case "local":
+            runner = LocalRuntime(trainer)
+        case "ray":
+            from robot_sac.runtime.ray_fleet import RayRuntime
+
+            runner = RayRuntime(trainer)
     try:
         final = runner.train(config.run.total_steps)
     finally:
@@ -224,6 +244,7 @@ def _deploy(args: argparse.Namespace) -> int:
     from policies.onnx_policy import OnnxPolicy, expected_contract
     from policies.pacing import BackendPacer, FreeRunPacer, Pacer, SleepPacer
     from policies.signals import SignalStop
+    from robot_sac.realtime import realtime_scope
     from robot_sac.tasks.arm_reach import ArmReach
 
     if args.fast and args.port:
@@ -260,10 +281,14 @@ def _deploy(args: argparse.Namespace) -> int:
     with SignalStop() as stop:
         loop = DeployLoop(env, policy, spec, pacer, cfg, stop=stop, dump_dir=out, policy_label=str(args.policy_dir),
                           policy_sha256=policy.sha256, warmup_us=warm.as_dict())  # fmt: skip
+        # A free-running (--fast) loop never sleeps: real-time priority would take a core from the OS.
+        priority = 0 if args.fast else cfg.realtime_priority
         try:
-            print(f"deploying {args.policy_dir} on {spec.name} ({where}) at {spec.control_hz:g} Hz; warm-up p50 "
-                  f"{warm.p50_us:.0f} µs p99 {warm.p99_us:.0f} µs; SIGINT/SIGTERM stops", flush=True)  # fmt: skip
-            report = loop.run(episodes=args.episodes, duration_s=args.duration_s, seed=args.seed)
+            with realtime_scope(priority, "deploy loop") as realtime:
+                print(f"deploying {args.policy_dir} on {spec.name} ({where}) at {spec.control_hz:g} Hz"
+                      f"{', SCHED_FIFO ' + str(priority) if realtime else ''}; warm-up p50 {warm.p50_us:.0f} µs "
+                      f"p99 {warm.p99_us:.0f} µs; SIGINT/SIGTERM stops", flush=True)  # fmt: skip
+                report = loop.run(episodes=args.episodes, duration_s=args.duration_s, seed=args.seed)
         finally:
             try:
                 loop.report.write(out)  # also after a crash: the partial account is worth having

@@ -67,6 +67,13 @@ class RandomizationConfig:
     action_latency_periods: tuple[int, int] = param(
         (0, 1), ge=0, le=10, doc="commands take effect this many control periods late"
     )
+    command_latency_s: tuple[float, float] = param(
+        (0.0, 0.0),
+        unit="s",
+        ge=0.0,
+        le=0.5,
+        doc="more command delay within the period: the new target applies this late (the serial round trip)",
+    )
     position_noise_rad: tuple[float, float] = param((0.0, 0.002), unit="rad", ge=0.0, le=0.5, doc="encoder noise std")
     velocity_noise_rad_s: tuple[float, float] = param(
         (0.0, 0.02), unit="rad/s", ge=0.0, le=5.0, doc="velocity estimate noise std"
@@ -81,6 +88,7 @@ class RandomizationConfig:
             "actuator_gain_scale",
             "max_velocity_scale",
             "action_latency_periods",
+            "command_latency_s",
             "position_noise_rad",
             "velocity_noise_rad_s",
         ):
@@ -95,6 +103,14 @@ class SimConfig:
     physics_substeps: int = param(8, ge=1, le=100, doc="physics steps per control period")
     position_gain: float = param(0.3, gt=0.0, le=1.0, doc="servo position gain (PyBullet positionGain)")
     velocity_gain: float = param(1.0, ge=0.0, le=1.5, doc="servo velocity gain (PyBullet velocityGain)")
+    measure_at_s: float | None = param(
+        None,
+        unit="s",
+        gt=0.0,
+        le=1.0,
+        doc="when in each control period the state is read (rounded to a physics "
+        "step); null: at its end. The serial driver reads at period - transaction budget (0.012 s at 50 Hz)",
+    )
     randomization: RandomizationConfig = param(RandomizationConfig)
 
     def __post_init__(self) -> None:
@@ -214,6 +230,12 @@ class SACConfig:
     goal_relabel_horizon_steps: int = param(
         100, ge=1, le=100_000, doc="hindsight goals come from this many steps ahead"
     )
+    real_batch_fraction: float = param(
+        0.5, ge=0.0, le=1.0, doc="share of each minibatch from real (robot) transitions once enough exist; 0: uniform"
+    )
+    min_real_transitions: int = param(
+        500, ge=1, le=10**8, doc="real transitions stored before real_batch_fraction applies (uniform until then)"
+    )
     reward_scale: float = param(1.0, gt=0.0, le=1000.0, doc="rewards are multiplied by this before the backup")
     updates_per_step: float = param(1.0, gt=0.0, le=64.0, doc="gradient updates per env step (UTD ratio)")
     target_update_interval: int = param(1, ge=1, le=10_000, doc="gradient updates between Polyak target updates")
@@ -240,13 +262,45 @@ class RunConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RuntimeConfig:
-    """How collection and learning are arranged: one loop, or actor processes and a learner."""
+class HardwareActorConfig:
+    """The hardware actor: the robot on a serial port, collecting at its control rate (never throttled)."""
 
-    mode: Literal["sync", "local"] = param(
-        "sync", doc="sync: one process steps and learns in turn; local: actor processes feed a learner"
+    enabled: bool = param(False, doc="run one hardware actor beside the simulation actors (local runtime)")
+    robot: str | None = param(
+        None, doc="robot YAML for the hardware (e.g. a stricter *_finetune.yaml); null: the env's robot"
     )
-    actors: int | None = param(None, ge=1, le=256, doc="actor processes (local); null: cores - 1, at least 1")
+    serial: SerialConfig = param(SerialConfig)
+    drift_sigma: float = param(
+        4.0, gt=0.0, le=100.0, doc="warn when real observations lie beyond this many sim standard deviations"
+    )
+    realtime_priority: int = param(
+        0, ge=0, le=99, doc="SCHED_FIFO priority of the hardware actor's loop where the OS allows (e.g. 20); 0: normal"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayConfig:
+    """Where Ray actors run (``runtime.mode: ray``)."""
+
+    address: str | None = param(
+        None, doc="Ray cluster address (auto or head:6379; run the learner on a cluster node); null: a local instance"
+    )
+    num_cpus: int | None = param(None, ge=1, le=4096, doc="CPUs of the local instance; null: Ray's detection")
+    actor_num_cpus: float = param(1.0, gt=0.0, le=64.0, doc="CPUs reserved per Ray actor")
+    call_timeout_s: float = param(
+        10.0, unit="s", gt=0.0, le=600.0, doc="deadline of every remote call between actors and the learner"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """How collection and learning are arranged: one loop, or actors and a learner."""
+
+    mode: Literal["sync", "local", "ray"] = param(
+        "local",
+        doc="sync: one process steps and learns in turn; local: actor processes feed a learner; ray: Ray actors",
+    )
+    actors: int | None = param(None, ge=0, le=4096, doc="simulation actors (local, ray); null: cores - 1, at least 1")
     max_actor_lead_steps: int = param(
         1_000, ge=1, le=10**7, doc="env steps the actors may run ahead of the learner's ingestion (throttle)"
     )
@@ -258,14 +312,25 @@ class RuntimeConfig:
     heartbeat_timeout_s: float = param(
         3.0, unit="s", gt=0.0, le=600.0, doc="a peer silent this long is presumed dead (actors stop, learner restarts)"
     )
+    hardware: HardwareActorConfig = param(HardwareActorConfig)
+    ray: RayConfig = param(RayConfig)
 
     def __post_init__(self) -> None:
-        """A chunk must fit in the lead, or an actor could never fill one and would wait forever."""
+        """A chunk must fit in the lead; an asynchronous run needs an actor; hardware needs a port."""
         if self.chunk_steps > self.max_actor_lead_steps:
             raise ConfigError(
                 f"runtime.chunk_steps={self.chunk_steps} exceeds runtime.max_actor_lead_steps="
                 f"{self.max_actor_lead_steps}; an actor could never fill a chunk. Lower chunk_steps or raise the lead"
             )
+        if self.actors == 0 and not self.hardware.enabled:
+            raise ConfigError("runtime.actors=0 leaves no actor to collect; set it >= 1 or enable runtime.hardware")
+        if self.hardware.enabled and not self.hardware.serial.port:
+            raise ConfigError(
+                "runtime.hardware.enabled needs runtime.hardware.serial.port (e.g. /dev/ttyUSB0, or the pty "
+                "`robot-sac emulate` prints)"
+            )
+        if self.hardware.enabled and self.mode != "local":
+            raise ConfigError(f"runtime.hardware runs in the local runtime; set runtime.mode=local (not {self.mode})")
 
 
 @dataclass(frozen=True, kw_only=True)

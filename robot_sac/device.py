@@ -33,18 +33,20 @@ def select_device(preference: str = "auto") -> torch.device:
     raise ConfigError(f"sac.device: {preference!r} is not one of auto, cpu, cuda")
 
 
-def configure_cpu_threads(threads: int | None = None) -> int:
+def configure_cpu_threads(threads: int | None = None, reserved_cores: int = 0) -> int:
     """Set torch's intra-op thread count and return it.
 
     ``None`` means: ``OMP_NUM_THREADS`` when the user set it (so two runs sharing a machine can be
     given a core each; more threads than cores makes OpenMP spin and runs ~10x slower), otherwise
-    min(available cores, 4).
+    min(available cores - ``reserved_cores``, 4), at least 1. Local actor processes reserve their
+    cores: a learner with 2 threads beside 1 actor on 2 cores ran at half the sync loop's speed
+    (OpenMP threads waiting on a descheduled peer).
     """
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if threads is None and from_env.isdigit() and int(from_env) >= 1:
         threads = int(from_env)
-    count = threads if threads is not None else max(1, min(available, DEFAULT_MAX_CPU_THREADS))
+    count = threads if threads is not None else max(1, min(available - reserved_cores, DEFAULT_MAX_CPU_THREADS))
     torch.set_num_threads(count)
     return count
 

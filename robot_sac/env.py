@@ -128,6 +128,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         if fault is None:
             try:
                 state = self.backend.step(decision.target_rad)
+                self.safety.observe(state.position_rad, state.effort_nm)
                 obs = self._observe(state, decision.target_rad)
             except RobotFault as err:
                 fault, state, obs = err, None, self._last_obs

@@ -52,6 +52,18 @@ class Tags(NamedTuple):
     safety_clipped: np.ndarray
 
 
+class DomainMix(NamedTuple):
+    """How a minibatch mixes real and simulated transitions (fine-tuning on the robot).
+
+    Attributes:
+        real_fraction: share of each batch drawn from real transitions, in [0, 1].
+        min_real: real transitions needed before the share applies (uniform sampling until then).
+    """
+
+    real_fraction: float
+    min_real: int
+
+
 class ReplayBuffer:
     """A fixed-capacity ring of transitions; the oldest is overwritten once full.
 
@@ -84,6 +96,8 @@ class ReplayBuffer:
         self.size = 0
         self.rejected = 0
         self.total_added = 0
+        self._split_at = -1
+        self._split: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         """Number of stored transitions (at most ``capacity``)."""
@@ -199,11 +213,37 @@ class ReplayBuffer:
 
     # --- sampling -------------------------------------------------------------------------------
 
-    def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """``batch_size`` uniform indices into the stored transitions (with replacement), int64."""
+    def sample_indices(self, batch_size: int, rng: np.random.Generator, mix: DomainMix | None = None) -> np.ndarray:
+        """``batch_size`` indices into the stored transitions (with replacement), int64.
+
+        Uniform over everything stored, unless ``mix`` asks for a fixed share of real transitions
+        and at least ``mix.min_real`` are stored: then ``round(mix.real_fraction * batch_size)`` rows
+        are uniform over the real transitions and the rest uniform over the others (the symmetric
+        sampling of prior and online data of RLPD, Ball et al. 2023, at ``real_fraction = 0.5``).
+        """
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer; add transitions first (learning_starts)")
-        return rng.integers(0, self.size, size=batch_size)
+        if mix is None or mix.real_fraction <= 0.0:
+            return rng.integers(0, self.size, size=batch_size)
+        real, other = self._domain_split()
+        if real.size < max(1, mix.min_real) or other.size == 0:
+            return rng.integers(0, self.size, size=batch_size)
+        n_real = round(mix.real_fraction * batch_size)
+        return np.concatenate((real[rng.integers(0, real.size, n_real)],
+                               other[rng.integers(0, other.size, batch_size - n_real)]))  # fmt: skip
+
+    def _domain_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the real and of the other stored transitions; recomputed only after adds."""
+        if self._split_at != self.total_added:
+            is_real = self.domain[: self.size] == DOMAIN_REAL
+            self._split = (np.flatnonzero(is_real), np.flatnonzero(~is_real))
+            self._split_at = self.total_added
+        return self._split
+
+    def domain_counts(self) -> dict[str, int]:
+        """Stored transitions per domain, ``{"sim": n, "real": m}``."""
+        real, other = self._domain_split()
+        return {"sim": int(other.size), "real": int(real.size)}
 
     def sample(
         self,
@@ -212,8 +252,9 @@ class ReplayBuffer:
         device: torch.device,
         normalizer: ObservationNormalizer | None = None,
         relabeler: GoalRelabeler | None = None,
+        mix: DomainMix | None = None,
     ) -> Batch:
-        """A uniform minibatch as float32 tensors on ``device``, observations normalized now.
+        """A minibatch as float32 tensors on ``device``, observations normalized now.
 
         Args:
             batch_size: B.
@@ -222,8 +263,9 @@ class ReplayBuffer:
             normalizer: observations go through ``normalizer.normalize`` with its current statistics;
                 None leaves them raw.
             relabeler: gives a share of the rows hindsight goals (raw, before normalization).
+            mix: the share of real transitions per batch (`sample_indices`); None: uniform.
         """
-        indices = self.sample_indices(batch_size, rng)
+        indices = self.sample_indices(batch_size, rng, mix)
         if relabeler is None:
             return self.gather(indices, device, normalizer)
         new = relabeler.relabel(indices, self.obs, self.next_obs, self.reward, self.episode, self.pos, rng)

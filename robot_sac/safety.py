@@ -12,8 +12,8 @@ Stages, in order (SAFETY.md rows 9-11, ARCHITECTURE.md):
 3. **Soft limits** — targets stay ``soft_margin_rad`` inside the hard joint limits.
 4. **Rate limit** — ``|target - last_command| <= max_step_rad`` per tick. The last command is
    seeded from the *measured* position at `reset`, so the first command after a reset cannot jump.
-5. **Velocity limit** — ``|target - last_command| / dt <= max_velocity_rad_s``: the commanded joint
-   speed.
+5. **Velocity limit** — ``|target - last_command| / dt <= max_velocity_rad_s * command_velocity_scale``:
+   the commanded joint speed.
 
 The filter is pure numpy and stateful only in its last command. It returns the target actually
 commanded, the executed action in policy units (what the replay buffer must store), and which
@@ -23,16 +23,19 @@ stages changed the command; it counts every clip and fault for ``info`` and the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from robot_sac.config_loader import param
-from robot_sac.errors import ActionOutOfRange, EnvStateError, NonFiniteAction, NonFiniteObservation
+from robot_sac.errors import ActionOutOfRange, ConfigError, EnvStateError, NonFiniteAction, NonFiniteObservation
 from robot_sac.spec import RobotSpec
 
-CLIP_STAGES = ("action_space", "soft_limit", "rate", "velocity")
+log = logging.getLogger(__name__)
+
+CLIP_STAGES = ("action_space", "soft_limit", "rate", "velocity", "effort")
 """Names of the stages that can change a command, as used in flags and counters."""
 
 _ROUNDING_RAD = 1e-12
@@ -56,6 +59,24 @@ class SafetyConfig:
     soft_limits: bool = param(True, doc="clip targets to the soft joint limits")
     rate_limit: bool = param(True, doc="limit the target change per tick to max_step_rad")
     velocity_limit: bool = param(True, doc="limit the commanded speed to max_velocity_rad_s")
+    effort_guard: bool = param(True, doc="relieve a joint whose measured effort stays near stall (SAFETY.md #13)")
+    effort_trip_fraction: float = param(
+        0.9, gt=0.0, le=1.0, doc="a joint pushing at this share of max_effort_nm or more counts as straining"
+    )
+    effort_release_fraction: float = param(
+        0.6, gt=0.0, le=1.0, doc="a relieved joint is released once its effort falls below this share (hysteresis)"
+    )
+    effort_persistence_steps: int = param(
+        10, ge=1, le=10_000, doc="straining this many control steps in a row trips the guard (no single-sample trips)"
+    )
+
+    def __post_init__(self) -> None:
+        """The guard's release threshold must lie below its trip threshold."""
+        if self.effort_release_fraction >= self.effort_trip_fraction:
+            raise ConfigError(
+                f"safety.effort_release_fraction {self.effort_release_fraction} must be below "
+                f"safety.effort_trip_fraction {self.effort_trip_fraction} (hysteresis)"
+            )
 
 
 @dataclass
@@ -66,6 +87,7 @@ class SafetyCounts:
     soft_limit: int = 0
     rate: int = 0
     velocity: int = 0
+    effort: int = 0
     faults: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -106,6 +128,9 @@ class SafetyFilter:
         self.config = config or SafetyConfig()
         self.counts = SafetyCounts()
         self._last: list[float] | None = None
+        self._straining: list[int] = [0] * spec.dof
+        self._relieved: list[bool] = [False] * spec.dof
+        self._measured: list[float] = []
         # Per-joint bounds as Python floats: the filter runs every control tick on a handful of
         # joints, where scalar arithmetic is several times faster than numpy calls. A disabled
         # stage gets infinite bounds.
@@ -114,7 +139,7 @@ class SafetyFilter:
         self._soft_upper = spec.soft_upper_rad.tolist() if cfg.soft_limits else [inf] * spec.dof
         self._step = spec.max_step_rad.tolist()
         rate = self._step if cfg.rate_limit else [inf] * spec.dof
-        velocity = (spec.max_velocity_rad_s * spec.dt_s).tolist() if cfg.velocity_limit else [inf] * spec.dof
+        velocity = (spec.command_velocity_rad_s * spec.dt_s).tolist() if cfg.velocity_limit else [inf] * spec.dof
         # Stages 4 and 5 bound the same quantity, |target - last|, so they clip once, to the
         # smaller bound; a stage is flagged when the requested change exceeded its bound and that
         # bound binds (the velocity stage runs after the rate stage).
@@ -136,6 +161,33 @@ class SafetyFilter:
         if not np.isfinite(measured).all():
             raise NonFiniteObservation(f"cannot seed the safety filter from measured position {measured.tolist()}")
         self._last = np.clip(measured, self.spec.lower_rad, self.spec.upper_rad).tolist()
+        self._straining = [0] * self.spec.dof
+        self._relieved = [False] * self.spec.dof
+        self._measured = self._last
+
+    def observe(self, position_rad: np.ndarray, effort_nm: np.ndarray) -> None:
+        """Feed the measured state after each step to the effort guard (stage 6).
+
+        A joint whose |effort| stays at ``effort_trip_fraction`` of its ``max_effort_nm`` or more for
+        ``effort_persistence_steps`` steps in a row is relieved: its next commands hold the measured
+        position (it stops pushing) until its effort falls below ``effort_release_fraction``. A
+        servo pushing at stall for about a second sets its overload bit and shuts down (X-series
+        Shutdown; the emulator models it), which latches the robot; relieving it first keeps the
+        episode going and the arm safe (SAFETY.md #13: persistence filter, hysteresis).
+        """
+        if not self.config.effort_guard or self._last is None:
+            return
+        load = np.abs(np.asarray(effort_nm, dtype=np.float64)) / self.spec.max_effort_nm
+        cfg = self.config
+        for i, x in enumerate(load.tolist()):
+            self._straining[i] = self._straining[i] + 1 if x >= cfg.effort_trip_fraction else 0
+            if self._straining[i] >= cfg.effort_persistence_steps and not self._relieved[i]:
+                self._relieved[i] = True
+                log.warning("joint %s strained at %.0f %% of its stall torque for %d steps: relieving it",
+                            self.spec.joint_names[i], 100 * x, self._straining[i])  # fmt: skip
+            elif self._relieved[i] and x < cfg.effort_release_fraction:
+                self._relieved[i] = False
+        self._measured = np.asarray(position_rad, dtype=np.float64).tolist()
 
     def hold(self) -> SafetyDecision:
         """A decision that re-commands the last safe target."""
@@ -189,13 +241,29 @@ class SafetyFilter:
             )
         return dataclasses.replace(self.hold(), fault=err)
 
+    def _relieve(self, targets: list[float], last_cmd: list[float]) -> bool:
+        """Stage 6: a relieved joint's target goes to its measured position, at most one bound per tick.
+
+        The target stays within the soft limits and the rate/velocity bound of the last command, so
+        relieving never makes the command jump.
+        """
+        hit = False
+        for i, relieved in enumerate(self._relieved):
+            if relieved:
+                lo, hi, bound = self._bounds[i][0], self._bounds[i][1], self._bounds[i][5]
+                last = last_cmd[i]
+                toward = min(max(self._measured[i], lo), hi)
+                held = last + min(max(toward - last, -bound), bound)
+                hit = hit or held != targets[i]
+                targets[i] = held
+        return hit
+
     def _limit(self, targets: list[float], *, action_space_clipped: bool) -> SafetyDecision:
         """Stages 3-5 on finite targets, joint by joint; commits the result as the last command."""
         last_cmd = self._require_last()
         soft = rate = velocity = False
         out: list[float] = []
-        executed: list[float] = []
-        for t, last, (lo, hi, step, rate_bound, velocity_bound, bound) in zip(
+        for t, last, (lo, hi, _step, rate_bound, velocity_bound, bound) in zip(
             targets, last_cmd, self._bounds, strict=True
         ):
             if t < lo or t > hi:  # stage 3: soft joint limits
@@ -209,8 +277,10 @@ class SafetyFilter:
             if change > bound + _ROUNDING_RAD:
                 t = last + bound if t > last else last - bound
             out.append(t)
-            executed.append((t - last) / step)
-        flags = {"action_space": action_space_clipped, "soft_limit": soft, "rate": rate, "velocity": velocity}
+        effort = self._relieve(out, last_cmd)
+        executed = [(t - last) / step for t, last, step in zip(out, last_cmd, self._step, strict=True)]
+        flags = {"action_space": action_space_clipped, "soft_limit": soft, "rate": rate, "velocity": velocity,
+                 "effort": effort}  # fmt: skip
         for stage, hit in flags.items():
             if hit:
                 setattr(self.counts, stage, getattr(self.counts, stage) + 1)

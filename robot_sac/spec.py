@@ -94,6 +94,13 @@ class RobotSpec:
     measured_velocity_limit_rad_s: float = param(
         12.0, unit="rad/s", gt=0.0, le=100.0, doc="a measured joint speed above this is a sensor or physics fault"
     )
+    command_velocity_scale: float = param(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        doc="the safety filter commands at most this share of each joint's max_velocity_rad_s (stricter limits "
+        "while a policy learns on the arm; the servos' firmware limit stays max_velocity_rad_s)",
+    )
 
     def __post_init__(self) -> None:
         """Cross-field checks: at least one joint, unique names."""
@@ -103,6 +110,11 @@ class RobotSpec:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"joints: duplicate joint names {dupes}; every joint needs a unique name")
+
+    @property
+    def command_velocity_rad_s(self) -> np.ndarray:
+        """The safety filter's speed bound per joint, ``max_velocity_rad_s * command_velocity_scale``, (dof,)."""
+        return self.max_velocity_rad_s * self.command_velocity_scale
 
     @property
     def dof(self) -> int:

@@ -30,8 +30,8 @@ from robot_sac.configs import TrainConfig
 from robot_sac.metrics import MetricsLogger, ProgressDisplay
 from robot_sac.normalization import ObservationNormalizer
 from robot_sac.relabel import GoalRelabeler
-from robot_sac.replay import ReplayBuffer
-from robot_sac.sac import SAC
+from robot_sac.replay import DomainMix, ReplayBuffer
+from robot_sac.sac import SAC, Batch
 from robot_sac.train_envs import TrainingEnvs
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ class Counters:
 
 
 @dataclass
-class _Window:
-    """Statistics since the last metrics row."""
+class MetricsWindow:
+    """Statistics since the last metrics row (the sync loop's and the asynchronous learner's)."""
 
     started_s: float = field(default_factory=time.perf_counter)
     steps: int = 0
@@ -62,6 +62,32 @@ class _Window:
     successes: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     clips: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     faults: int = 0
+
+    def row(self, counters: Counters, buffer_size: int) -> dict[str, float]:
+        """The metrics row of this window: rates, counters, recent returns and success, SAC means."""
+        elapsed = max(time.perf_counter() - self.started_s, 1e-9)
+        row: dict[str, float] = {
+            "time/env_steps_per_s": self.steps / elapsed,
+            "time/updates_per_s": self.updates / elapsed,
+            "train/episodes": float(counters.episodes),
+            "train/updates": float(counters.updates),
+            "train/buffer_size": float(buffer_size),
+            "safety/faults": float(self.faults),
+        }
+        if self.returns:
+            row["train/episode_return"] = float(np.mean(self.returns))
+        if self.successes:
+            row["train/success_rate"] = float(np.mean(self.successes))
+        if self.clips:
+            row["safety/clips_per_episode"] = float(np.mean(self.clips))
+        if self.update_metrics:
+            for key in self.update_metrics[0]:
+                row[f"sac/{key}"] = float(np.mean([m[key] for m in self.update_metrics]))
+        return row
+
+    def next(self) -> MetricsWindow:
+        """A fresh window that keeps the recent-episode deques (they span windows)."""
+        return MetricsWindow(returns=self.returns, successes=self.successes, clips=self.clips)
 
 
 class Trainer:
@@ -92,8 +118,8 @@ class Trainer:
         self.counters = counters or Counters()
         self.show_progress = show_progress
         self.relabeler = relabeler
-        self._window = _Window()
-        self._last_eval: dict[str, float] = {}
+        self._window = MetricsWindow()
+        self.last_eval: dict[str, float] = {}
 
     def close(self) -> None:
         """Close the envs and flush the metrics."""
@@ -128,16 +154,16 @@ class Trainer:
                 self._learn()
                 stop = False
                 if c.env_steps % run.eval_interval_steps == 0 or c.env_steps == total_steps:
-                    self._last_eval = self.evaluate(run.eval_episodes)
-                    self.logger.log(c.env_steps, self._last_eval)
-                    stop = stop_when is not None and stop_when(self._last_eval)
+                    self.last_eval = self.evaluate(run.eval_episodes)
+                    self.logger.log(c.env_steps, self.last_eval)
+                    stop = stop_when is not None and stop_when(self.last_eval)
                 if c.env_steps % run.log_interval_steps == 0:
                     self._log_window(progress)
                 if c.env_steps % run.checkpoint_interval_steps == 0 or c.env_steps == total_steps or stop:
                     self.save()
                 if stop:
                     break
-        return self._last_eval
+        return self.last_eval
 
     # --- one step ------------------------------------------------------------------------------
 
@@ -182,13 +208,18 @@ class Trainer:
         if c.env_steps < sac.learning_starts or len(self.buffer) < sac.batch_size:
             return
         c.update_credit += sac.updates_per_step
-        device = self.agent.device
         while c.update_credit >= 1.0:
-            batch = self.buffer.sample(sac.batch_size, self.rng, device, self.normalizer, self.relabeler)
+            batch = self.sample_batch()
             self._window.update_metrics.append(self.agent.update(batch))
             c.updates += 1
             c.update_credit -= 1.0
             self._window.updates += 1
+
+    def sample_batch(self) -> Batch:
+        """A minibatch for `SAC.update`: normalized now, hindsight goals, the configured real/sim mix."""
+        sac = self.config.sac
+        mix = DomainMix(sac.real_batch_fraction, sac.min_real_transitions)
+        return self.buffer.sample(sac.batch_size, self.rng, self.agent.device, self.normalizer, self.relabeler, mix)
 
     # --- evaluation, logging, checkpoints ------------------------------------------------------------
 
@@ -216,35 +247,21 @@ class Trainer:
         return result
 
     def _log_window(self, progress: ProgressDisplay) -> None:
-        w, c = self._window, self.counters
-        elapsed = max(time.perf_counter() - w.started_s, 1e-9)
-        row: dict[str, float] = {
-            "time/env_steps_per_s": w.steps / elapsed,
-            "time/updates_per_s": w.updates / elapsed,
-            "train/episodes": float(c.episodes),
-            "train/updates": float(c.updates),
-            "train/buffer_size": float(len(self.buffer)),
-            "safety/faults": float(w.faults),
-        }
-        if w.returns:
-            row["train/episode_return"] = float(np.mean(w.returns))
-        if w.successes:
-            row["train/success_rate"] = float(np.mean(w.successes))
-        if w.clips:
-            row["safety/clips_per_episode"] = float(np.mean(w.clips))
-        if w.update_metrics:
-            for key in w.update_metrics[0]:
-                row[f"sac/{key}"] = float(np.mean([m[key] for m in w.update_metrics]))
+        self.report(self._window.row(self.counters, len(self.buffer)), progress)
+        self._window = self._window.next()
+
+    def report(self, row: dict[str, float], progress: ProgressDisplay) -> None:
+        """Log a metrics row at the current env step and show it on the progress display."""
+        c = self.counters
         self.logger.log(c.env_steps, row)
         progress.update(
             c.env_steps,
             episodes=c.episodes,
             last_return=row.get("train/episode_return"),
-            success_rate=self._last_eval.get("eval/success_rate", row.get("train/success_rate")),
+            success_rate=self.last_eval.get("eval/success_rate", row.get("train/success_rate")),
             updates_per_s=row["time/updates_per_s"],
             env_steps_per_s=row["time/env_steps_per_s"],
         )
-        self._window = _Window(returns=w.returns, successes=w.successes, clips=w.clips)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything but the replay buffer, in a form ``torch.load(weights_only=True)`` accepts."""

@@ -57,13 +57,30 @@ def _write_run_files(run_dir: Path, config: TrainConfig, device: torch.device, t
     (run_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
+def local_actor_cores(config: TrainConfig) -> int:
+    """Cores the run's actor processes take on this machine (the learner's threads leave them free).
+
+    The hardware actor counts as one: its control loop must wake on time every period. Measured in
+    fine-tuning on 2 cores with a 2-thread learner beside it: 22 updates/s (OpenMP threads waiting on
+    a descheduled peer), the actor silent > 0.1 s now and then (the servos' bus watchdog tripped) and
+    repeated CommTimeouts, so 22 robot steps/s instead of 50.
+    """
+    runtime = config.runtime
+    if runtime.mode == "sync" or (runtime.mode == "ray" and runtime.ray.address is not None):
+        return 0
+    from robot_sac.runtime.pool import default_actor_count
+
+    sim_actors = runtime.actors if runtime.actors is not None else default_actor_count()
+    return sim_actors + (1 if runtime.hardware.enabled else 0)
+
+
 def start_run(config: TrainConfig, run_dir: Path, *, show_progress: bool = True) -> Trainer:
     """A fresh run in ``run_dir`` (which must not hold a run already)."""
     if (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"--out {run_dir} already holds a run; use --resume {run_dir} or another --out")
     rng = _seed_everything(config.seed)
     device = select_device(config.sac.device)
-    threads = configure_cpu_threads(config.sac.cpu_threads)
+    threads = configure_cpu_threads(config.sac.cpu_threads, local_actor_cores(config))
     envs = make_training_envs(config)
     agent = SAC(envs.obs_dim, envs.action_dim, config.sac, device)
     buffer = ReplayBuffer(config.sac.buffer_size, envs.obs_dim, envs.action_dim)
@@ -93,9 +110,31 @@ def resume_run(run_dir: Path, config: TrainConfig, *, show_progress: bool = True
     if found is None:
         raise StorageError(f"--resume {run_dir}: no complete checkpoint in {run_dir / 'checkpoints'}")
     checkpoint, state = found
+    return restore_run(run_dir, config, checkpoint, state, show_progress=show_progress)
+
+
+def restore_run(
+    run_dir: Path,
+    config: TrainConfig,
+    checkpoint: Path,
+    state: dict[str, Any],
+    *,
+    show_progress: bool = True,
+    fresh_logs: bool = False,
+) -> Trainer:
+    """A trainer in ``run_dir`` holding a checkpoint's exact state (weights, optimizers, buffer, RNG, counters).
+
+    Args:
+        run_dir: where the run goes on (the checkpoint's own run, or a new one: fine-tuning).
+        config: the run's configuration (its network and variant must match the checkpoint's).
+        checkpoint: the checkpoint directory (its ``replay.npz`` is loaded when present).
+        state: `load_checkpoint` of it.
+        show_progress: live progress bar.
+        fresh_logs: start new metric files (a new run) instead of continuing ``run_dir``'s.
+    """
     rng = _seed_everything(config.seed)
     device = select_device(config.sac.device)
-    threads = configure_cpu_threads(config.sac.cpu_threads)
+    threads = configure_cpu_threads(config.sac.cpu_threads, local_actor_cores(config))
     normalizer = _restore_normalizer(state.get("normalizer"))
     envs = make_training_envs(config, normalizer)
     agent = SAC(envs.obs_dim, envs.action_dim, config.sac, device)
@@ -108,8 +147,9 @@ def resume_run(run_dir: Path, config: TrainConfig, *, show_progress: bool = True
     restore_rng_state(state["rng"], rng)
     counters = Counters(**state["counters"])
     _write_run_files(run_dir, config, device, threads)
-    logger = MetricsLogger(run_dir, resume=True)
-    logger.truncate_after(counters.env_steps)
+    logger = MetricsLogger(run_dir, resume=not fresh_logs)
+    if not fresh_logs:
+        logger.truncate_after(counters.env_steps)
     return Trainer(config=config, agent=agent, buffer=buffer, envs=envs, logger=logger, run_dir=run_dir,
                    rng=rng, counters=counters, show_progress=show_progress,
                    relabeler=_relabeler(config, envs))  # fmt: skip

@@ -40,6 +40,19 @@ _CAMERA_PITCH_DEG = -25.0
 _CAMERA_FOV_DEG = 50.0
 
 
+def _measure_substeps(spec: RobotSpec, config: SimConfig) -> int:
+    """After how many of a period's physics steps the state is read (``sim.measure_at_s``; all when null)."""
+    substeps = config.physics_substeps
+    if config.measure_at_s is None:
+        return substeps
+    if config.measure_at_s > spec.dt_s:
+        raise ConfigError(
+            f"sim.measure_at_s {config.measure_at_s} s is past the control period {spec.dt_s} s; use at most "
+            f"{spec.dt_s} (or null for the period's end)"
+        )
+    return max(1, round(config.measure_at_s / spec.dt_s * substeps))
+
+
 class PyBulletBackend:
     """A simulated arm that holds a joint-position target for one control period per `step`.
 
@@ -57,13 +70,16 @@ class PyBulletBackend:
         self._spec = spec
         self._config = config
         self._urdf_path = Path(urdf_path) if urdf_path is not None else resolve_urdf(config.urdf)
+        self._measure_substeps = _measure_substeps(spec, config)
         self._client: int | None = None
         self._episode_active = False
         self._diverged = False
         self._rng: np.random.Generator | None = None
         self._dynamics: DynamicsSample | None = None
         self._steps = 0
+        self._stamp_s = 0.0
         self._latency: collections.deque[list[float]] = collections.deque()
+        self._applied: list[float] = []
         # Filled by connect(): PyBullet ids, index lists and the URDF's nominal model.
         self._body = -1
         self._snapshot = -1
@@ -156,7 +172,9 @@ class PyBulletBackend:
         self._apply_servos(self._dynamics)
         home = self._spec.home_rad.tolist()
         self._latency = collections.deque([home] * self._dynamics.action_latency_periods)
+        self._applied = home
         self._steps = 0
+        self._stamp_s = 0.0
         self._episode_active = True
         return self._read_state(zero_effort=True)
 
@@ -176,20 +194,41 @@ class PyBulletBackend:
         if self._latency:
             self._latency.append(command)
             command = self._latency.popleft()
+        substeps = self._config.physics_substeps
+        # Within the period the previous target holds for the command latency, then the new one.
+        late = min(substeps, round(self._dynamics_sample().command_latency_s / self._spec.dt_s * substeps))
+        state: RobotState | None = None
+        for i in range(substeps):
+            if i == late or (i == 0 and late == 0):
+                self._command(client, command)
+            elif i == 0:
+                self._command(client, self._applied)
+            pb.stepSimulation(physicsClientId=client)
+            if i + 1 == self._measure_substeps:
+                self._stamp_s = (self._steps + (i + 1) / substeps) * self._spec.dt_s
+                state = self._read_state(zero_effort=False)  # the rest of the period runs on, unobserved
+        if late == substeps:
+            self._command(client, command)  # it lands at the start of the next period
+        self._applied = command
+        self._steps += 1
+        assert state is not None
+        return state
+
+    def _command(self, client: int, targets: list[float]) -> None:
         pb.setJointMotorControlArray(
             self._body,
             self._joint_indices,
             pb.POSITION_CONTROL,
-            targetPositions=command,
+            targetPositions=targets,
             forces=self._forces_nm,
             positionGains=self._position_gains,
             velocityGains=self._velocity_gains,
             physicsClientId=client,
         )
-        for _ in range(self._config.physics_substeps):
-            pb.stepSimulation(physicsClientId=client)
-        self._steps += 1
-        return self._read_state(zero_effort=False)
+
+    def _dynamics_sample(self) -> DynamicsSample:
+        assert self._dynamics is not None  # set by reset(), which step() requires
+        return self._dynamics
 
     def rearm(self) -> None:
         """Nothing latches in a simulator: a no-op (part of the backend contract)."""
@@ -304,7 +343,11 @@ class PyBulletBackend:
                     f"spec's [{joint_spec.lower_rad}, {joint_spec.upper_rad}] rad"
                 )
         self._joint_indices = [info[0] for info in joints]
-        self._no_load_speed_rad_s = [info[11] for info in joints]
+        # The servo's speed clamp: its no-load speed (URDF), or the Velocity_Limit the serial driver
+        # writes from the same robot YAML (drivers/servo_setup.eeprom_settings) when that is lower, as
+        # the servos (and the emulator) enforce it. Without it the simulated servo ran at no-load speed,
+        # reached each 20 ms target early in the period and read 4x slower than the arm at the sample.
+        self._no_load_speed_rad_s = np.minimum([info[11] for info in joints], self._spec.max_velocity_rad_s).tolist()
         dyn = [pb.getDynamicsInfo(self._body, j, physicsClientId=client) for j in self._joint_indices]
         self._mass_kg = [d[0] for d in dyn]
         self._inertia_kg_m2 = [np.array(d[2], dtype=np.float64) for d in dyn]
@@ -347,7 +390,7 @@ class PyBulletBackend:
             )
 
     def _apply_servos(self, sample: DynamicsSample) -> None:
-        """Position servos holding home: stall torque, scaled gains, scaled no-load speed clamp.
+        """Position servos holding home: stall torque, scaled gains, scaled speed clamp.
 
         ``maxVelocity`` (the motor's right-hand-side clamp) is only settable per joint; it persists
         through the per-step `setJointMotorControlArray` calls, which set targets, forces and gains.
@@ -390,6 +433,4 @@ class PyBulletBackend:
             position += self._rng.normal(0.0, sample.position_noise_rad, self._spec.dof)
         if sample.velocity_noise_rad_s > 0.0:
             velocity += self._rng.normal(0.0, sample.velocity_noise_rad_s, self._spec.dof)
-        return RobotState(
-            position_rad=position, velocity_rad_s=velocity, effort_nm=effort, stamp_s=self._steps * self._spec.dt_s
-        )
+        return RobotState(position_rad=position, velocity_rad_s=velocity, effort_nm=effort, stamp_s=self._stamp_s)

@@ -40,6 +40,9 @@ class DynamicsSample:
         action_latency_periods: commands take effect this many control periods late.
         position_noise_rad: std of the Gaussian noise added to measured positions, rad.
         velocity_noise_rad_s: std of the Gaussian noise added to measured velocities, rad/s.
+        command_latency_s: a further delay, s: each period's new target applies only after this
+            much of the period (the previous one holds until then), modelling the serial round trip
+            (a write lands some milliseconds after the host sent it).
     """
 
     link_mass_scale: tuple[float, ...]
@@ -50,6 +53,7 @@ class DynamicsSample:
     action_latency_periods: int
     position_noise_rad: float
     velocity_noise_rad_s: float
+    command_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         """Check lengths agree and every value is finite and physically meaningful."""
@@ -68,7 +72,7 @@ class DynamicsSample:
             strictly_positive = name != "joint_damping_nm_s_rad"
             if any(v <= 0.0 if strictly_positive else v < 0.0 for v in values):
                 raise ValueError(f"DynamicsSample.{name} out of range: {values}")
-        scalars = (self.lateral_friction, self.position_noise_rad, self.velocity_noise_rad_s)
+        scalars = (self.lateral_friction, self.position_noise_rad, self.velocity_noise_rad_s, self.command_latency_s)
         if not all(math.isfinite(v) and v >= 0.0 for v in scalars):
             raise ValueError(f"DynamicsSample: friction and noise must be finite and >= 0, got {scalars}")
         if self.action_latency_periods < 0:
@@ -132,6 +136,7 @@ def sample_dynamics(config: RandomizationConfig, rng: np.random.Generator, dof: 
     latency = int(rng.integers(low, high, endpoint=True))
     position_noise = float(rng.uniform(*config.position_noise_rad))
     velocity_noise = float(rng.uniform(*config.velocity_noise_rad_s))
+    command_latency = float(rng.uniform(*config.command_latency_s))  # drawn last: earlier draws keep their values
     return DynamicsSample(
         link_mass_scale=link_mass_scale,
         lateral_friction=lateral_friction,
@@ -141,4 +146,5 @@ def sample_dynamics(config: RandomizationConfig, rng: np.random.Generator, dof: 
         action_latency_periods=latency,
         position_noise_rad=position_noise,
         velocity_noise_rad_s=velocity_noise,
+        command_latency_s=command_latency,
     )

@@ -51,6 +51,7 @@ OVERLOAD_BIT = 0x20
 _FULL_PWM = 885
 _TICK_WRAP = 32768
 _AT_STOP_RAD = 0.005  # a joint this close to a URDF limit is on its mechanical stop
+_BACKLASH_CROSS_FRACTION = 0.25  # the motor crosses at most this share of the play per physics step
 _LOADED_FRACTION = 0.98  # |τ| at or above this fraction of the force limit counts as saturated
 # State block 120..146: tick, moving, moving_status, pwm, current, velocity, position, velocity and
 # position trajectory, input voltage, temperature (little-endian, as on the wire).
@@ -320,12 +321,16 @@ class ServoPlant:
             self._motor_rad[i] = q
             return
         threshold = 0.02 * self._stall_nm[i]
-        if torque_nm > threshold:
-            self._motor_rad[i] = q + play
-        elif torque_nm < -threshold:
-            self._motor_rad[i] = q - play
-        else:  # unloaded: the motor stays unless the output drags it along
-            self._motor_rad[i] = min(max(self._motor_rad[i], q - play), q + play)
+        motor = min(max(self._motor_rad[i], q - play), q + play)  # never outside the play
+        if abs(torque_nm) > threshold:
+            # The loaded teeth close on the loaded side, but the motor takes time to cross the gap:
+            # jumping 2 x play in one physics step moved the servo's output target as far, made the
+            # next torque flip sign at the force limit, and kept a resting joint chattering at stall
+            # until its overload protection tripped (seen on the base joint at rest).
+            side = q + play if torque_nm > 0 else q - play
+            step = _BACKLASH_CROSS_FRACTION * play
+            motor += min(max(side - motor, -step), step)
+        self._motor_rad[i] = motor
 
     def _update_faults(self, i: int, servo: ServoRegisters, torque_nm: float, force_nm: float) -> None:
         """Thermal model, overheating and overload bits."""

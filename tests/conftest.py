@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +39,31 @@ def warmed() -> ObservationNormalizer:
     norm = ObservationNormalizer(3)
     norm.update(np.random.default_rng(1).normal([1.0, -2.0, 30.0], [0.5, 2.0, 10.0], size=(100, 3)))
     return norm
+
+
+@pytest.fixture
+def realtime_host() -> Iterator[bool]:
+    """The test's own thread under SCHED_FIFO (below the emulator's) while it drives a serial control loop.
+
+    The deploy loop and the hardware actor can run their loops this way (``realtime_priority``,
+    `robot_sac.realtime`); a test that plays the host in pytest's thread does, so a busy 2-core
+    machine does not make it miss the driver's 8 ms transaction budget. Only for tests whose
+    thread does no training. The heap is frozen for the test (`robot_sac.gc_pauses`): a collector
+    pause in pytest's big heap would stall the host loop as badly as a busy machine.
+    Yields whether the OS granted it (refused: the test runs at normal priority).
+    """
+    import gc
+
+    from robot_sac.gc_pauses import freeze_heap
+    from robot_sac.realtime import realtime_scope
+
+    freeze_heap()  # pytest's heap (torch, pybullet, every test module): a full collection takes ~100+ ms
+    try:
+        with realtime_scope(HOST_PRIORITY, "test host") as granted:
+            yield granted
+    finally:
+        gc.unfreeze()
+
+
+HOST_PRIORITY = 20
+"""Below the emulator's 30: hardware is never preempted by its host."""

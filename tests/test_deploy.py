@@ -22,7 +22,7 @@ from policies.pacing import BackendPacer, FreeRunPacer, SleepPacer
 from policies.signals import StopFlag
 from robot_sac.cli import main
 from robot_sac.configs import ArmReachConfig, EnvConfig, NormalizationConfig
-from robot_sac.errors import EnvStateError
+from robot_sac.errors import CommTimeout, DeviceReset, EnvStateError, RobotFault
 from robot_sac.fake_backend import FakeBackend
 from robot_sac.make_env import make_env
 from robot_sac.spec import RobotSpec
@@ -106,14 +106,29 @@ def _loop(
     horizon: int = 30,
     dump_dir: Path | None = None,
     stop: StopFlag | None = None,
+    backend: ClockedBackend | None = None,
     **config: Any,
 ) -> tuple[DeployLoop, ClockedBackend]:
     env_config = EnvConfig(task=ArmReachConfig(horizon_steps=horizon), normalization=NormalizationConfig(enabled=False))
-    backend = ClockedBackend(spec, clock)
+    backend = backend or ClockedBackend(spec, clock)
     env = make_env(env_config, backend)
     pacer = SleepPacer(spec.dt_s, clock, clock.sleep)
-    loop = DeployLoop(env, policy, spec, pacer, DeployConfig(**config), stop=stop, clock=clock, dump_dir=dump_dir)
+    loop = DeployLoop(env, policy, spec, pacer, DeployConfig(**config), stop=stop, clock=clock, sleep=clock.sleep,
+                      dump_dir=dump_dir)  # fmt: skip
     return loop, backend
+
+
+class FailingResets(ClockedBackend):
+    """Raises the given faults on the first resets, then resets normally."""
+
+    def __init__(self, spec: RobotSpec, clock: FakeClock, faults: list[RobotFault]) -> None:
+        super().__init__(spec, clock)
+        self.faults = faults
+
+    def reset(self, seed: int | None = None) -> Any:
+        if self.faults:
+            raise self.faults.pop(0)
+        return super().reset(seed)
 
 
 def _slots(times: list[float], start: float) -> np.ndarray:
@@ -240,6 +255,26 @@ def test_duration_limit_stops_the_run(arm4_spec: RobotSpec, onnx_policy: OnnxPol
     assert 49 <= report.steps <= 52
 
 
+def test_a_transient_fault_at_reset_is_retried_and_recorded(arm4_spec: RobotSpec, onnx_policy: OnnxPolicy) -> None:
+    clock = FakeClock()
+    backend = FailingResets(arm4_spec, clock, [CommTimeout("servos [11] did not answer")])
+    loop, _ = _loop(arm4_spec, onnx_policy, clock, horizon=5, backend=backend)
+    report = loop.run(episodes=2)
+    assert report.faults == [] and report.exit_code == 0 and [e.steps for e in report.episodes] == [5, 5]
+    assert [(f.name, f.episode) for f in report.recovered_faults] == [("CommTimeout", 0)]
+    assert "recovered at reset ['CommTimeout']" in report.table()
+
+
+def test_a_latched_or_recurring_reset_fault_ends_the_run(arm4_spec: RobotSpec, onnx_policy: OnnxPolicy) -> None:
+    for faults, retried in (([DeviceReset("servo 12 rebooted")], 0), ([CommTimeout("silent")] * 3, 2)):
+        clock = FakeClock()
+        backend = FailingResets(arm4_spec, clock, list(faults))
+        loop, _ = _loop(arm4_spec, onnx_policy, clock, horizon=5, backend=backend)
+        report = loop.run(episodes=2)
+        assert [f.name for f in report.faults] == [type(faults[0]).__name__] and report.exit_code == 5
+        assert len(report.recovered_faults) == retried and report.episodes[0].steps == 0
+
+
 def test_run_refuses_a_policy_that_was_not_warmed_up(arm4_spec: RobotSpec, moving_policy_dir: Path) -> None:
     clock = FakeClock()
     loop, backend = _loop(arm4_spec, OnnxPolicy(moving_policy_dir), clock)
@@ -284,7 +319,7 @@ def test_deploy_on_pybullet_fast_from_the_cli(moving_policy_dir: Path, tmp_path:
     assert report["loop_period_ms"]["count"] == 117 and report["inference_us"]["count"] == 120
     assert 0 < report["inference_us"]["p50"] <= report["inference_us"]["p99"] <= report["inference_us"]["max"]
     assert report["warmup_us"]["count"] == 50 and report["policy_sha256"]  # --set deploy.* reached DeployConfig
-    assert set(report["safety_clips"]) == {"action_space", "soft_limit", "rate", "velocity"}
+    assert set(report["safety_clips"]) == {"action_space", "soft_limit", "rate", "velocity", "effort"}
 
 
 def test_cli_names_a_mistyped_deploy_key(moving_policy_dir: Path, tmp_path: Path, capsys: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 
 import pytest
@@ -35,6 +36,10 @@ def test_cpu_threads_default_and_explicit(monkeypatch: pytest.MonkeyPatch) -> No
         assert configure_cpu_threads(1) == 1 and torch.get_num_threads() == 1
         default = configure_cpu_threads(None)
         assert 1 <= default <= 4 and torch.get_num_threads() == default
+        cores = len(os.sched_getaffinity(0))
+        # Cores taken by local actor processes are left to them; the learner keeps at least one.
+        assert configure_cpu_threads(None, reserved_cores=cores - 1) == 1
+        assert configure_cpu_threads(None, reserved_cores=cores + 3) == 1
     finally:
         torch.set_num_threads(before)
 

@@ -20,6 +20,8 @@ from drivers.control_table import X_SERIES  # noqa: E402
 from sim.emulator_process import EmulatorProcess  # noqa: E402
 from tests.test_servo_emulator import IDS, MODELS, Wire  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("realtime_host")  # the host loop runs like the deploy loop: SCHED_FIFO
+
 POSITION = X_SERIES["present_position"]
 
 

@@ -170,9 +170,10 @@ def test_executed_action_is_what_the_safety_filter_let_through(arm4_spec: RobotS
     # base: clipped to the action space; in-range actions pass unchanged (arm4's step bounds equal
     # its velocity bounds, so the action space is exactly what the filter lets through).
     np.testing.assert_allclose(info["executed_action"], [1.0, 1.0, -1.0, 0.5], rtol=1e-6)
-    assert info["clipped"] == {"action_space": True, "soft_limit": False, "rate": False, "velocity": False}
+    assert info["clipped"] == {"action_space": True, "soft_limit": False, "rate": False, "velocity": False,
+                               "effort": False}  # fmt: skip
     assert info["safety_clipped"]
-    assert info["clip_counts"] == {"action_space": 1, "soft_limit": 0, "rate": 0, "velocity": 0}
+    assert info["clip_counts"] == {"action_space": 1, "soft_limit": 0, "rate": 0, "velocity": 0, "effort": 0}
     step = arm4_spec.max_step_rad
     np.testing.assert_allclose(info["command_rad"] - arm4_spec.home_rad, info["executed_action"] * step, atol=1e-7)
 

@@ -29,6 +29,8 @@ INTERFACE_MODULES = [
     "robot_sac.make_env",
     "robot_sac.fake_backend",
     "robot_sac.scripted",
+    "robot_sac.realtime",
+    "robot_sac.gc_pauses",
 ]
 DEPLOY_PACKAGES = [
     "drivers",

@@ -277,3 +277,25 @@ def test_add_batch_wrong_shapes_raise():
     buffer = ReplayBuffer(4, OBS, ACT)
     with pytest.raises(ValueError, match="add_batch shapes"):
         buffer.add_batch(np.zeros((2, OBS)), np.zeros((2, ACT)), np.zeros(3), np.zeros((2, OBS)), np.zeros(2))
+
+
+def test_domain_mix_draws_the_configured_share_of_real_transitions() -> None:
+    from robot_sac.replay import DOMAIN_REAL, DomainMix
+
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(1000, 2, 1)
+    for i in range(900):
+        buffer.add(np.full(2, i), np.zeros(1), 0.0, np.zeros(2), False)
+    mix = DomainMix(real_fraction=0.5, min_real=50)
+    assert len(buffer.sample_indices(64, rng, mix)) == 64  # no real data yet: uniform over the sim rows
+    for i in range(40):
+        buffer.add(np.full(2, -i), np.zeros(1), 0.0, np.zeros(2), False, domain=DOMAIN_REAL)
+    below = buffer.sample_indices(20_000, rng, mix)
+    assert abs(float(np.mean(buffer.domain[below] == DOMAIN_REAL)) - 40 / 940) < 0.01  # below min_real: uniform
+    for i in range(40, 60):
+        buffer.add(np.full(2, -i), np.zeros(1), 0.0, np.zeros(2), False, domain=DOMAIN_REAL)
+    idx = buffer.sample_indices(256, rng, mix)
+    assert int((buffer.domain[idx] == DOMAIN_REAL).sum()) == 128  # exactly half of every batch
+    assert set(buffer.domain[idx[128:]].tolist()) == {0}
+    assert buffer.domain_counts() == {"sim": 900, "real": 60}
+    assert len(set(idx[:128].tolist())) > 40  # spread over the 60 real rows

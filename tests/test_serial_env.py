@@ -19,6 +19,8 @@ from robot_sac.make_env import make_backend, make_env
 from robot_sac.spec import load_robot_spec
 from sim.emulator_process import EmulatorProcess
 
+pytestmark = pytest.mark.usefixtures("realtime_host")  # the host loop runs like the deploy loop: SCHED_FIFO
+
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorProcess]:

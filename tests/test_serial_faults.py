@@ -26,6 +26,8 @@ from robot_sac.make_env import make_backend, make_env
 from robot_sac.spec import RobotSpec
 from sim.emulator_process import EmulatorProcess
 
+pytestmark = pytest.mark.usefixtures("realtime_host")  # the host loop runs like the deploy loop: SCHED_FIFO
+
 PERIOD_S = 0.02
 DETECTION_LIMIT_S = 2 * PERIOD_S
 

@@ -29,6 +29,8 @@ from robot_sac.spec import load_robot_spec  # noqa: E402
 from sim.emulator_process import DEFAULT_CALIBRATION, DEFAULT_ROBOT, REPO_ROOT, EmulatorProcess  # noqa: E402
 from sim.emulator_record import goal_writes, parse_requests, record_entry  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("realtime_host")  # the host loop runs like the deploy loop: SCHED_FIFO
+
 IDS = (11, 12, 13, 14)
 MODELS = {11: 1060, 12: 1020, 13: 1020, 14: 1060}
 R = X_SERIES

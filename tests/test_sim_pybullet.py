@@ -13,7 +13,7 @@ import pytest
 pb = pytest.importorskip("pybullet")
 
 from robot_sac.configs import RandomizationConfig, SimConfig  # noqa: E402
-from robot_sac.errors import EnvStateError, LimitExceeded, NonFiniteAction, NonFiniteObservation  # noqa: E402
+from robot_sac.errors import ConfigError, EnvStateError, LimitExceeded, NonFiniteAction, NonFiniteObservation  # noqa: E402
 from robot_sac.kinematics import ForwardKinematics  # noqa: E402
 from robot_sac.spec import RobotSpec  # noqa: E402
 from sim import assets_dir, resolve_urdf  # noqa: E402
@@ -268,14 +268,35 @@ def test_holding_home_against_gravity_uses_torque_within_the_servo_limits(make, 
     assert (np.abs(state.effort_nm) <= arm4_spec.max_effort_nm + 1e-9).all()
 
 
-def test_speed_is_clamped_to_the_servo_no_load_speed(make, arm4_spec: RobotSpec) -> None:
+def test_speed_is_clamped_to_the_servo_velocity_limit(make, arm4_spec: RobotSpec) -> None:
+    """The YAML's max_velocity_rad_s (the Velocity_Limit the serial driver writes), below no-load speed."""
+    limit = arm4_spec.max_velocity_rad_s[0]
+    assert limit < NO_LOAD_SPEED_RAD_S["base_yaw"]
     backend = make()
     backend.reset(0)
     target = arm4_spec.home_rad.copy()
     target[0] = arm4_spec.soft_upper_rad[0]  # a 2.7 rad jump the safety filter would never allow
     speeds = [abs(backend.step(target).velocity_rad_s[0]) for _ in range(10)]
-    assert max(speeds) <= NO_LOAD_SPEED_RAD_S["base_yaw"] + 1e-6
-    assert max(speeds) > 0.9 * NO_LOAD_SPEED_RAD_S["base_yaw"]
+    assert max(speeds) <= limit + 1e-6
+    assert max(speeds) > 0.9 * limit
+
+
+def test_the_state_is_read_at_measure_at_s_and_the_period_runs_on(make, arm4_spec: RobotSpec) -> None:
+    """Read 12.5 ms into the period (5 of 8 physics steps), as the serial driver reads the arm."""
+    end, early = make(), make(SimConfig(measure_at_s=0.012))
+    targets = random_walk(arm4_spec, 3, 15)
+    a, b = trajectory(end, 0, targets), trajectory(early, 0, targets)
+    stamps = b[:, -1]
+    assert stamps[1] == pytest.approx(0.0125) and np.allclose(np.diff(stamps[1:]), arm4_spec.dt_s)
+    dof = arm4_spec.dof
+    assert not np.allclose(a[1:, :dof], b[1:, :dof])  # mid-period, the servo is still on its way
+    # ... but the physics is the same: the end-of-period state of step k is where step k+1 starts.
+    assert np.all(np.abs(a[1:, :dof] - b[1:, :dof]) < arm4_spec.max_step_rad)
+
+
+def test_measuring_after_the_period_is_a_config_error(arm4_spec: RobotSpec) -> None:
+    with pytest.raises(ConfigError, match=r"measure_at_s 0.03 s is past the control period 0.02 s"):
+        PyBulletBackend(arm4_spec, SimConfig(measure_at_s=0.03))
 
 
 def _fixed(config: RandomizationConfig, **values: float | int) -> RandomizationConfig:
@@ -284,7 +305,7 @@ def _fixed(config: RandomizationConfig, **values: float | int) -> RandomizationC
         "link_mass_scale": 1.0, "lateral_friction": NOMINAL_LATERAL_FRICTION,
         "joint_damping_nm_s_rad": NOMINAL_JOINT_DAMPING_NM_S_RAD, "actuator_gain_scale": 1.0,
         "max_velocity_scale": 1.0, "action_latency_periods": 0, "position_noise_rad": 0.0,
-        "velocity_noise_rad_s": 0.0,
+        "velocity_noise_rad_s": 0.0, "command_latency_s": 0.0,
     } | values  # fmt: skip
     return dataclasses.replace(config, enabled=True, **{k: (v, v) for k, v in ranges.items()})
 
@@ -302,6 +323,21 @@ def test_latency_delays_the_response_by_whole_periods(make, arm4_spec: RobotSpec
     moved = np.abs(got[:, : arm4_spec.dof] - arm4_spec.home_rad).max(axis=1)
     assert (moved[1 : latency + 1] < 1e-4).all()
     assert moved[latency + 1] > 0.5 * np.abs(targets[0] - arm4_spec.home_rad).max()
+
+
+def test_command_latency_within_the_period(make, arm4_spec: RobotSpec) -> None:
+    """A command latency of one period is one period of latency; half a period lies in between."""
+    targets = random_walk(arm4_spec, 6, 20)
+    dt = arm4_spec.dt_s
+    full = trajectory(make(SimConfig(randomization=_fixed(RandomizationConfig(), command_latency_s=dt))), 0, targets)
+    one_period = make(SimConfig(randomization=_fixed(RandomizationConfig(), action_latency_periods=1)))
+    assert np.array_equal(full, trajectory(one_period, 0, targets))
+    half = trajectory(make(SimConfig(randomization=_fixed(RandomizationConfig(), command_latency_s=dt / 2))), 0,
+                      targets)  # fmt: skip
+    prompt = trajectory(make(), 0, targets)
+    dof = arm4_spec.dof
+    err_half = np.abs(half[:, :dof] - prompt[:, :dof]).mean()
+    assert 0 < err_half < np.abs(full[:, :dof] - prompt[:, :dof]).mean()
 
 
 # --- domain randomization -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ SMALL = (
     "sac.cpu_threads=1",
     "run.eval_episodes=1",
     "run.log_interval_steps=100",
+    "runtime.mode=sync",
 )
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from robot_sac.normalization import ObservationNormalizer, RunningMeanStd
+from robot_sac.replay import DOMAIN_SIM
 
 _FENCE = threading.Lock()
 
@@ -207,6 +208,11 @@ class TransitionChunk:
         obs_stats: statistics of the raw observations seen since the previous chunk (a delta the
             learner merges exactly); None when normalization is off or frozen.
         episodes: (return, success or NaN, length) of each episode that ended in this chunk.
+        domain: `DOMAIN_SIM` or `DOMAIN_REAL` (the hardware actor), stored with every row.
+        loop_periods_s: the hardware actor's measured step-to-step periods in this chunk, in s
+            (None for simulation actors).
+        created_s: ``time.monotonic()`` when the actor sent it (system-wide on Linux, so the
+            learner can tell how old it is; 0 when unknown).
     """
 
     actor_id: int
@@ -223,6 +229,9 @@ class TransitionChunk:
     faults: int = 0
     obs_stats: RunningMeanStd | None = None
     episodes: list[tuple[float, float, int]] = field(default_factory=list)
+    domain: int = DOMAIN_SIM
+    loop_periods_s: np.ndarray | None = None
+    created_s: float = 0.0
 
 
 class TransitionChannel:
@@ -303,18 +312,22 @@ class Heartbeat:
 
 
 class StopFlag:
-    """A shared flag the learner sets to end the run; actors read it (lock-free, one writer)."""
+    """A shared flag one process (the learner) writes and actors read, lock-free: stop, operator hold."""
 
     def __init__(self) -> None:
         """Not set."""
         self._flag = _shared(torch.zeros(1, dtype=torch.bool))
 
     def set(self) -> None:
-        """Ask every actor to stop."""
+        """Raise the flag (stop: ask every actor to stop; hold: pause the hardware actor)."""
         self._flag[0] = True
 
+    def clear(self) -> None:
+        """Lower the flag (an operator released the hold)."""
+        self._flag[0] = False
+
     def is_set(self) -> bool:
-        """Whether the learner asked to stop."""
+        """Whether the flag is raised."""
         return bool(self._flag[0])
 
 
