@@ -51,6 +51,7 @@ OVERLOAD_BIT = 0x20
 _FULL_PWM = 885
 _TICK_WRAP = 32768
 _AT_STOP_RAD = 0.005  # a joint this close to a URDF limit is on its mechanical stop
+_STALL_ERROR_RAD = 0.02  # a goal this far past a mechanical stop drives the servo at full current
 _BACKLASH_CROSS_FRACTION = 0.25  # the motor crosses at most this share of the play per physics step
 _LOADED_FRACTION = 0.98  # |τ| at or above this fraction of the force limit counts as saturated
 # State block 120..146: tick, moving, moving_status, pwm, current, velocity, position, velocity and
@@ -279,17 +280,19 @@ class ServoPlant:
                 self._write_state(i, servo, now, qdot, torque, goals[i])
 
     def _against_stop(self, i: int, q: float, goal_ticks: int, force_nm: float) -> float:
-        """The stall torque (signed) while joint i sits on a limit and its goal lies beyond it, else 0.
+        """The torque (signed) joint i pushes into a limit it sits on while its goal lies beyond it, else 0.
 
         PyBullet clamps position targets to the URDF limits, so its motor relaxes at a limit; a real
-        servo driven into its mechanical stop pushes at full current (and overloads).
+        servo driven into its mechanical stop pushes with its position loop's output, which reaches
+        full current (and overloads) once the goal is `_STALL_ERROR_RAD` past the stop. A goal a tick
+        past it (the hold-present-pose goal of an arm that came to rest on its stop) pushes gently.
         """
         goal_rad = (goal_ticks - self._zero[i]) * self._rad_per_tick[i]
         lower, upper = self._limits_rad[i]
         if goal_rad > upper and q >= upper - _AT_STOP_RAD:
-            return force_nm
+            return force_nm * min(1.0, (goal_rad - upper) / _STALL_ERROR_RAD)
         if goal_rad < lower and q <= lower + _AT_STOP_RAD:
-            return -force_nm
+            return -force_nm * min(1.0, (lower - goal_rad) / _STALL_ERROR_RAD)
         return 0.0
 
     def _drive(self, i: int, joint: int, q: float, goal_ticks: int) -> float:

@@ -111,6 +111,21 @@ def test_pushing_a_joint_limit_overloads_and_shuts_down(make: Make) -> None:
     assert servos[0].torque_enabled  # only that servo
 
 
+def test_holding_a_goal_one_tick_past_the_stop_it_rests_on_does_not_overload(make: Make) -> None:
+    # An arm that fell onto its stop with torque off is held at its present pose at connect; with
+    # the limit rounded to ticks that goal can lie a tick past the stop. A real position loop pushes
+    # gently there (CI once latched an overload on servo 12 while a test ran without homing).
+    plant, servos = make(EmulatorProfile(overload_time_s=0.5))
+    hold(servos)
+    write(servos[1], "goal_position", 700)  # drive the shoulder onto its stop (tick 881) ...
+    run(plant, 0.3)
+    write(servos[1], "goal_position", 880)  # ... then hold one tick past it
+    run(plant, 1.5)
+    assert servos[1].torque_enabled and servos[1].get("hardware_error_status") == 0
+    full_scale = servos[1].get("current_limit") or 1000  # an XL430 reports load in 0.1 %
+    assert abs(servos[1].get("present_current")) < 0.2 * full_scale
+
+
 def test_overheating_bit_from_the_thermal_model(make: Make) -> None:
     profile = EmulatorProfile(thermal_time_constant_s=0.3, stall_temperature_rise_c=200.0, overload_time_s=60.0)
     plant, servos = make(profile)
