@@ -288,7 +288,7 @@ class ServoPlant:
         past it (the hold-present-pose goal of an arm that came to rest on its stop) pushes gently.
         """
         goal_rad = (goal_ticks - self._zero[i]) * self._rad_per_tick[i]
-        lower, upper = self._limits_rad[i]
+        lower, upper = (float(v) for v in self._limits_rad[i])
         if goal_rad > upper and q >= upper - _AT_STOP_RAD:
             return force_nm * min(1.0, (goal_rad - upper) / _STALL_ERROR_RAD)
         if goal_rad < lower and q <= lower + _AT_STOP_RAD:
