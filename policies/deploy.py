@@ -52,8 +52,9 @@ from policies.deploy_report import (
 from policies.pacing import Pacer
 from policies.signals import DeployAborted, StopFlag
 from robot_sac.config_loader import param
-from robot_sac.errors import DeadlineMiss, EnvStateError, FaultLevel, RobotFault, SafetyViolation, fault_name
+from robot_sac.errors import DeadlineMiss, EnvStateError, RobotFault, SafetyViolation, fault_name
 from robot_sac.gc_pauses import freeze_heap
+from robot_sac.reset_retry import reset_retrying
 from robot_sac.safety import CLIP_STAGES
 from robot_sac.spec import RobotSpec
 
@@ -281,24 +282,18 @@ class DeployLoop:
         )
 
     def _reset(self, index: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-        """``env.reset``; a transient fault (a timeout, a corrupt reply) while homing is tried again.
+        """``env.reset`` with `reset_retrying`: each retried transient fault goes to ``report.recovered_faults``."""
 
-        Up to ``reset_attempts`` tries, ``reset_retry_s`` apart, each failed one recorded in
-        ``report.recovered_faults``. No episode runs on a failed reset (the robot holds), so a
-        retry risks nothing; a latched fault (unplugged, rebooted, hardware error) is not retried.
-        """
-        for attempt in range(1, self.config.reset_attempts + 1):
-            try:
-                return self.env.reset(seed=seed)
-            except RobotFault as err:
-                if err.level is FaultLevel.LATCHED or attempt == self.config.reset_attempts or self._stop_reason():
-                    raise
-                name, at_s = fault_name(err), self.clock() - self._t0
-                self.report.recovered_faults.append(FaultRecord(name, str(err), index, 0, at_s, None))
-                log.warning("reset of episode %d failed (%s: %s); trying again in %.1f s (%d of %d)", index, name, err,
-                            self.config.reset_retry_s, attempt, self.config.reset_attempts)  # fmt: skip
-                self.sleep(self.config.reset_retry_s)
-        raise AssertionError("unreachable")
+        def record(attempt: int, err: RobotFault) -> None:
+            name, at_s = fault_name(err), self.clock() - self._t0
+            self.report.recovered_faults.append(FaultRecord(name, str(err), index, 0, at_s, None))
+            log.warning("reset of episode %d failed (%s: %s); trying again in %.1f s (%d of %d)", index, name, err,
+                        self.config.reset_retry_s, attempt, self.config.reset_attempts)  # fmt: skip
+
+        return reset_retrying(
+            self.env, seed, attempts=self.config.reset_attempts, retry_s=self.config.reset_retry_s,
+            on_retry=record, give_up=lambda: bool(self._stop_reason()), sleep=self.sleep,
+        )  # fmt: skip
 
     def _step(
         self, episode: int, step: int, obs: np.ndarray, info: dict[str, Any], last_obs_s: float

@@ -31,6 +31,7 @@ INTERFACE_MODULES = [
     "robot_sac.scripted",
     "robot_sac.realtime",
     "robot_sac.gc_pauses",
+    "robot_sac.reset_retry",
 ]
 DEPLOY_PACKAGES = [
     "drivers",

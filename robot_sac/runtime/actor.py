@@ -41,11 +41,12 @@ import numpy as np
 import torch
 
 from robot_sac.configs import EnvConfig, TrainConfig
-from robot_sac.errors import EnvStateError, FaultLevel, RobotFault
+from robot_sac.errors import EnvStateError, RobotFault
 from robot_sac.gc_pauses import freeze_heap, paused_gc
 from robot_sac.normalization import ObservationNormalizer, RunningMeanStd
 from robot_sac.realtime import request_realtime
 from robot_sac.replay import DOMAIN_REAL, DOMAIN_SIM
+from robot_sac.reset_retry import reset_retrying
 from robot_sac.runtime.channels import TransitionChunk
 from robot_sac.runtime.protocols import LearnerLink
 from robot_sac.sac import SAC
@@ -270,21 +271,18 @@ def _run_episodes(
 
 
 def _reset(spec: ActorSpec, env: gym.Env[Any, Any], seed: int) -> tuple[Any, dict[str, Any]]:
-    """``env.reset``; on the robot an episode-level fault (a timeout, a corrupt reply) is retried.
+    """``env.reset``; on the robot, episode-level faults are retried (`reset_retrying`, `RESET_ATTEMPTS`).
 
-    Up to `RESET_ATTEMPTS` attempts, `RESET_RETRY_S` apart; a latched fault (unplugged, rebooted,
-    hardware error) or a fault that keeps recurring propagates and ends the hardware actor.
+    A latched fault or one that keeps recurring propagates and ends the hardware actor.
     """
-    for attempt in range(1, RESET_ATTEMPTS + 1):
-        try:
-            return env.reset(seed=seed)
-        except RobotFault as err:
-            if not spec.hardware or err.level is FaultLevel.LATCHED or attempt == RESET_ATTEMPTS:
-                raise
-            log.warning("hardware actor: reset failed (%s: %s); retrying in %.1f s (%d of %d)",
-                        type(err).__name__, err, RESET_RETRY_S, attempt, RESET_ATTEMPTS)  # fmt: skip
-            time.sleep(RESET_RETRY_S)
-    raise AssertionError("unreachable")
+    if not spec.hardware:
+        return env.reset(seed=seed)
+
+    def warn(attempt: int, err: RobotFault) -> None:
+        log.warning("hardware actor: reset failed (%s: %s); retrying in %.1f s (%d of %d)",
+                    type(err).__name__, err, RESET_RETRY_S, attempt, RESET_ATTEMPTS)  # fmt: skip
+
+    return reset_retrying(env, seed, attempts=RESET_ATTEMPTS, retry_s=RESET_RETRY_S, on_retry=warn)
 
 
 def _may_step(spec: ActorSpec, link: LearnerLink, pending: int) -> bool:
