@@ -79,13 +79,16 @@ class ArmReachGoalEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         split = self._split(obs)
-        goal_part = float(self.task.goal_reward(split["achieved_goal"][None], split["desired_goal"][None])[0])
-        info = dict(info, goal_free_reward=float(reward) - goal_part)
+        raw = np.asarray(obs, dtype=np.float64)
+        goal_part = float(self.task.goal_reward(raw[None], raw[None, self._desired])[0])
+        info = dict(info, goal_free_reward=float(reward) - goal_part, raw_next_obs=raw)
         return split, float(reward), bool(terminated), bool(truncated), info
 
     def compute_reward(self, achieved: np.ndarray, desired: np.ndarray, info: Any) -> np.ndarray:
-        rest = np.array([i.get("goal_free_reward", 0.0) for i in np.atleast_1d(info)], dtype=np.float64)
-        out: np.ndarray = self.task.goal_reward(np.atleast_2d(achieved), np.atleast_2d(desired)) + rest
+        infos = np.atleast_1d(info)
+        rest = np.array([i["goal_free_reward"] for i in infos], dtype=np.float64)
+        reached = np.stack([i["raw_next_obs"] for i in infos])  # holds `achieved` (not relabeled) and the speeds
+        out: np.ndarray = self.task.goal_reward(reached, np.atleast_2d(desired)) + rest
         return out.astype(np.float32)
 
     def close(self) -> None:

@@ -12,8 +12,9 @@ For a row ``i`` chosen with probability ``ratio``, a step ``j = i + k`` with ``k
 matches, which also rules out ring positions already overwritten), the goal becomes the achieved
 point of ``next_obs[j]`` in ``obs[i]`` and ``next_obs[i]`` (and the goal-relative part, when the
 observation has one), and the reward is corrected by the difference of the goal-dependent part:
-``r' = r - goal_reward(achieved', g) + goal_reward(achieved', g')``. Other reward terms (action
-and speed penalties) and ``terminated`` are unchanged.
+``r' = r - goal_reward(next_obs, g) + goal_reward(next_obs, g')`` (the goal-dependent part weighs
+the tip's distance and, near the goal, its speed). Other reward terms (action and speed penalties)
+and ``terminated`` are unchanged.
 """
 
 from __future__ import annotations
@@ -91,10 +92,8 @@ class GoalRelabeler:
             a0, a1 = self.layout.achieved
             d0, d1 = self.layout.desired
             goal = next_obs[future, a0:a1].astype(np.float64)
-            achieved_next = o2[rows, a0:a1]
-            r[rows] += self.task.goal_reward(achieved_next, goal) - self.task.goal_reward(
-                achieved_next, o2[rows, d0:d1]
-            )
+            reached = o2[rows]
+            r[rows] += self.task.goal_reward(reached, goal) - self.task.goal_reward(reached, reached[:, d0:d1])
             for arr in (o, o2):
                 arr[rows, d0:d1] = goal
                 if self.layout.relative is not None:

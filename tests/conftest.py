@@ -54,10 +54,12 @@ def realtime_host() -> Iterator[bool]:
     """
     import gc
 
-    from robot_sac.gc_pauses import freeze_heap
     from robot_sac.realtime import realtime_scope
 
-    freeze_heap()  # pytest's heap (torch, pybullet, every test module): a full collection takes ~100+ ms
+    # pytest's heap (torch, pybullet, every test module): a full collection takes ~100+ ms. Freeze
+    # without collecting first (`gc_pauses.freeze_heap` collects, ~100 ms per serial test): garbage
+    # frozen here is only kept until the test ends and `unfreeze` hands it back to the collector.
+    gc.freeze()
     try:
         with realtime_scope(HOST_PRIORITY, "test host") as granted:
             yield granted

@@ -37,7 +37,7 @@ def _filled_buffer(spec: RobotSpec, task: ArmReach, episodes: int = 3, steps: in
 
 @pytest.fixture
 def task(arm4_spec: RobotSpec) -> ArmReach:
-    return ArmReach(arm4_spec, ArmReachConfig(precision_reward=1.0, precision_scale_m=0.02))
+    return ArmReach(arm4_spec, ArmReachConfig(precision_reward=1.0, precision_scale_m=0.02, settle_penalty=0.2))
 
 
 def test_goal_reward_matches_the_task_reward_without_penalties(arm4_spec: RobotSpec) -> None:
@@ -47,10 +47,30 @@ def test_goal_reward_matches_the_task_reward_without_penalties(arm4_spec: RobotS
     state = backend.reset(seed=0)
     task.reset(np.random.default_rng(1), state)
     obs = task.observation(state, arm4_spec.home_rad)
-    a0, a1 = task.goal_layout.achieved
     d0, d1 = task.goal_layout.desired
-    got = task.goal_reward(obs[None, a0:a1], obs[None, d0:d1])[0]
+    got = task.goal_reward(obs[None], obs[None, d0:d1])[0]
     assert got == pytest.approx(task.reward(state, np.zeros(arm4_spec.dof)), abs=1e-12)
+
+
+def test_goal_reward_holds_the_settle_term_and_the_rest_does_not_depend_on_the_goal(arm4_spec: RobotSpec) -> None:
+    task = ArmReach(arm4_spec, ArmReachConfig(precision_reward=1.0, settle_penalty=0.5, velocity_penalty=0.01))
+    backend = FakeBackend(arm4_spec)
+    backend.connect()
+    backend.reset(seed=0)
+    task.reset(np.random.default_rng(1), backend.reset(seed=0))
+    action = np.full(arm4_spec.dof, 0.5)
+    state = backend.step(arm4_spec.home_rad + action * arm4_spec.max_step_rad)  # moving: speed is not zero
+    assert float(state.velocity_rad_s @ state.velocity_rad_s) > 0.01
+    obs = task.observation(state, arm4_spec.home_rad)
+    d0, d1 = task.goal_layout.desired
+    a0, a1 = task.goal_layout.achieved
+    rest = task.reward(state, action) - task.goal_reward(obs[None], obs[None, d0:d1])[0]
+    # the goal on the tip: the settle term charges the speed there in full
+    on_tip = task.goal_reward(obs[None], obs[None, a0:a1])[0]
+    speed2 = float(state.velocity_rad_s @ state.velocity_rad_s)
+    assert on_tip == pytest.approx(1.0 - 0.5 * speed2, abs=1e-9)
+    # and the rest (action and global speed penalties) is what the reward keeps for any goal
+    assert rest == pytest.approx(-0.01 * float(action @ action) - 0.01 * speed2, abs=1e-9)
 
 
 def test_relabeled_rows_get_a_future_achieved_goal_and_the_exact_reward(task: ArmReach, arm4_spec: RobotSpec) -> None:
@@ -72,8 +92,8 @@ def test_relabeled_rows_get_a_future_achieved_goal_and_the_exact_reward(task: Ar
         np.testing.assert_allclose(out.next_obs[i, d0:d1], goal)
         np.testing.assert_allclose(out.obs[i, r0:r1], goal - out.obs[i, a0:a1], atol=1e-6)
         # the reward is the task's own reward with the new goal: goal part swapped, penalties kept
-        old_goal_part = task.goal_reward(buffer.next_obs[i, None, a0:a1], buffer.next_obs[i, None, d0:d1])[0]
-        new_goal_part = task.goal_reward(buffer.next_obs[i, None, a0:a1], goal[None])[0]
+        old_goal_part = task.goal_reward(buffer.next_obs[i, None], buffer.next_obs[i, None, d0:d1])[0]
+        new_goal_part = task.goal_reward(buffer.next_obs[i, None], goal[None])[0]
         assert out.reward[i] == pytest.approx(buffer.reward[i] - old_goal_part + new_goal_part, abs=1e-5)
     untouched = np.setdiff1d(indices, changed)
     np.testing.assert_array_equal(out.obs[untouched], buffer.obs[untouched])

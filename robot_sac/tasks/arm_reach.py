@@ -7,11 +7,14 @@ and giving it directly is what lets a small network resolve millimetres). The he
 is part of the state because actions are target *deltas*: without it the MDP is not Markov (the
 servo lags its target, so positions alone do not tell where the command is).
 
-Reward: ``-d - action_penalty * |a|^2 - velocity_penalty * |qdot|^2 + precision_reward *
-exp(-(d / precision_scale_m)^2)``, with ``d`` the tip-target distance in m and ``a`` the executed
-action in policy units. The distance term guides from anywhere; the bonus makes the last
-millimetres worth a clear difference in return (with ``-d`` alone, 1 cm is worth 0.01 per step,
-below the critic's noise). Episodes never terminate; they end by truncation at the horizon.
+Reward: ``-d - action_penalty * |a|^2 - velocity_penalty * |qdot|^2 + k(d) * (precision_reward -
+settle_penalty * |qdot|^2)`` with the precision kernel ``k(d) = exp(-(d / precision_scale_m)^2)``,
+``d`` the tip-target distance in m and ``a`` the executed action in policy units. The distance term
+guides from anywhere; the bonus makes the last millimetres worth a clear difference in return (with
+``-d`` alone, 1 cm is worth 0.01 per step, below the critic's noise). The settle term charges speed
+only near the target: without it a policy may hold the target by chattering (harmless in the
+simulator, a limit cycle on a servo with latency), and a global speed penalty would slow every
+reach. Episodes never terminate; they end by truncation at the horizon.
 """
 
 from __future__ import annotations
@@ -116,17 +119,23 @@ class ArmReach:
         )
 
     def reward(self, state: RobotState, executed_action: np.ndarray) -> float:
-        """Dense reward: negative distance, small action and speed penalties, the precision bonus."""
+        """Dense reward: negative distance, small action and speed penalties, the precision and settle terms."""
         c = self.config
         a = np.asarray(executed_action, dtype=np.float64)
+        speed2 = float(state.velocity_rad_s @ state.velocity_rad_s)
         d = self.distance_m(state)
-        bonus = c.precision_reward * math.exp(-((d / c.precision_scale_m) ** 2)) if c.precision_reward else 0.0
+        near = math.exp(-((d / c.precision_scale_m) ** 2))  # the precision kernel k(d), see `_near`
         return float(
             -d
-            + bonus
+            + near * (c.precision_reward - c.settle_penalty * speed2)
             - c.action_penalty * float(a @ a)
-            - c.velocity_penalty * float(state.velocity_rad_s @ state.velocity_rad_s)
+            - c.velocity_penalty * speed2
         )
+
+    def _near(self, d: np.ndarray) -> np.ndarray:
+        """The precision kernel ``k(d) = exp(-(d / precision_scale_m)^2)``: 1 on the target, 0.37 one scale off."""
+        out: np.ndarray = np.exp(-((d / self.config.precision_scale_m) ** 2))
+        return out
 
     @property
     def goal_layout(self) -> GoalLayout:
@@ -134,12 +143,20 @@ class ArmReach:
         tip = 3 * self.spec.dof
         return GoalLayout(achieved=(tip, tip + 3), desired=(tip + 3, tip + 6), relative=(tip + 6, tip + 9))
 
-    def goal_reward(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
-        """``-d + precision_reward * exp(-(d / precision_scale_m)^2)`` per row, shape (n,)."""
+    def goal_reward(self, next_obs: np.ndarray, desired: np.ndarray) -> np.ndarray:
+        """``-d + k(d) * (precision_reward - settle_penalty * |qdot|^2)`` per row, shape (n,).
+
+        Args:
+            next_obs: raw observations reached, shape (n, obs_dim) (tip position and joint speeds).
+            desired: goals, shape (n, 3), metres.
+        """
         c = self.config
-        d = np.linalg.norm(np.asarray(desired, dtype=np.float64) - achieved, axis=-1)
-        bonus = c.precision_reward * np.exp(-((d / c.precision_scale_m) ** 2)) if c.precision_reward else 0.0
-        out: np.ndarray = -d + bonus
+        rows = np.asarray(next_obs, dtype=np.float64)
+        a0, a1 = self.goal_layout.achieved
+        d = np.linalg.norm(np.asarray(desired, dtype=np.float64) - rows[:, a0:a1], axis=-1)
+        dof = self.spec.dof
+        speed2 = np.einsum("ij,ij->i", rows[:, dof : 2 * dof], rows[:, dof : 2 * dof])
+        out: np.ndarray = -d + self._near(d) * (c.precision_reward - c.settle_penalty * speed2)
         return out
 
     def terminated(self, state: RobotState) -> bool:

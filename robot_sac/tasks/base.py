@@ -70,14 +70,16 @@ class GoalTask(Task, Protocol):
     Such a task lets the learner relabel stored transitions with goals the robot actually reached
     (hindsight experience replay, Andrychowicz et al. 2017): the observation holds the achieved
     point, the desired goal and optionally their difference, and the reward splits into
-    ``goal_reward(achieved, desired)`` plus terms that do not depend on the goal.
+    ``goal_reward(next_obs, desired)`` plus terms that do not depend on the goal.
 
     Contract:
 
     - ``goal_layout`` gives the index ranges ``(start, stop)`` of the achieved point, the desired
       goal and (or None) ``desired - achieved`` inside the raw observation; all have the same width.
-    - ``goal_reward(achieved, desired)`` is vectorized over rows, shape (n, k) each → (n,), and
-      equals the goal-dependent part of `Task.reward` for the state whose achieved point it is.
+    - ``goal_reward(next_obs, desired)`` is vectorized over rows of raw observations (n, obs_dim)
+      and goals (n, k) → (n,), and equals the goal-dependent part of `Task.reward` for the state
+      observed in ``next_obs`` (its achieved point, and whatever else of it the part weighs, such
+      as speed near the goal) under goal ``desired``.
     """
 
     @property
@@ -85,8 +87,8 @@ class GoalTask(Task, Protocol):
         """Where achieved point, desired goal and their difference sit in the raw observation."""
         ...
 
-    def goal_reward(self, achieved: np.ndarray, desired: np.ndarray) -> np.ndarray:
-        """The goal-dependent reward of rows of achieved points and goals, shape (n,)."""
+    def goal_reward(self, next_obs: np.ndarray, desired: np.ndarray) -> np.ndarray:
+        """The goal-dependent reward of rows of raw observations reached and goals, shape (n,)."""
         ...
 
 
