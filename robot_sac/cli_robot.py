@@ -59,7 +59,7 @@ def add_robot_commands(sub: Any) -> None:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="report directory (default runs/demo)")
     demo.add_argument("--randomize", action="store_true", help="train the sim policy with domain randomization")
     demo.add_argument("--sim-max-steps", type=int, default=40_000, help="longest sim training, env steps")
-    demo.add_argument("--finetune-s", type=float, default=240.0, help="robot time for fine-tuning, s (default 240)")
+    demo.add_argument("--finetune-s", type=float, default=180.0, help="robot time for fine-tuning, s (default 180)")
     demo.add_argument("--episodes", type=int, default=20, help="deployment episodes per evaluation (default 20)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -40,7 +40,7 @@ class ArmReachConfig:
     )
     precision_scale_m: float = param(0.02, unit="m", gt=0.0, le=1.0, doc="width of the precision bonus")
     settle_penalty: float = param(
-        0.0, ge=0.0, le=10.0, doc="weight of exp(-(d/precision_scale_m)^2)·|qdot|^2: speed near the target costs"
+        0.1, ge=0.0, le=10.0, doc="weight of exp(-(d/precision_scale_m)^2)·|qdot|^2: speed near the target costs"
     )
     target_min_height_m: float = param(0.03, unit="m", ge=-1.0, le=1.0, doc="targets sit above the table")
     target_min_radius_m: float = param(0.08, unit="m", ge=0.0, le=1.0, doc="targets keep clear of the base")

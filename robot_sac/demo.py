@@ -54,7 +54,7 @@ class DemoOptions:
     randomize: bool = False
     sim_max_steps: int = 40_000
     target_success: float = 0.95
-    finetune_s: float = 240.0
+    finetune_s: float = 180.0
     episodes: int = 20
     seed: int = 0
     train_overrides: tuple[str, ...] = ()
