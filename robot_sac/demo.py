@@ -107,6 +107,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     """
     from robot_sac.errors import ConfigError
     from robot_sac.export import export_policy
+    from robot_sac.finetune import DEFAULT_FINETUNE_ROBOT
     from sim.emulator_process import EmulatorProcess
 
     out = options.out
@@ -124,7 +125,10 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     evaluations.append(deploy_policy(out / "policy_sim", ["--sim", "--fast"], out / "deploy_sim", "sim", options))
     with EmulatorProcess(profile="reality", seed=options.seed) as emulator:
         stages.begin(f"deploying the sim policy on the emulated arm (reality profile) on {emulator.port}")
-        port = ["--port", emulator.port]
+        # On the arm both policies run under the hardware safety config fine-tuning uses (smaller
+        # speeds, wider margins): the fine-tuned policy learned under it, and before/after compare
+        # like for like.
+        port = ["--port", emulator.port, "--robot", str(DEFAULT_FINETUNE_ROBOT)]
         evaluations.append(deploy_policy(out / "policy_sim", port, out / "deploy_before", "hardware", options))
         stages.begin(f"fine-tuning on the emulated arm for {options.finetune_s:.0f} s of robot time")
         real_steps, finetune_s = finetune_on(options, out / "sim", out / "finetune", emulator.port)

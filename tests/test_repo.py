@@ -15,7 +15,7 @@ def _readme_commands() -> list[str]:
 
 def test_readme_opens_with_the_main_job_and_the_test_command() -> None:
     main_job, tests = _readme_commands()[:2]
-    assert "robot-sac rollout" in main_job
+    assert "robot-sac demo" in main_job
     assert "pytest" in tests
 
 
