@@ -1,6 +1,6 @@
 """`robot-sac demo` shortened to minutes: every stage end to end, on PyBullet and the pty emulator.
 
-The full demo (the README's main job) trains to 95 % and fine-tunes for 4 minutes; this one trains
+The full demo (the README's main job) trains to 95 % and fine-tunes for 3 minutes; this one trains
 tiny networks for 600 steps and fine-tunes for 6 s, so it shows the pipeline, not the learning.
 """
 
