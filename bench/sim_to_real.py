@@ -3,7 +3,8 @@
 For each seed:
 
 (a) train ArmReach in nominal PyBullet (``arm_reach_sim.yaml``) to the target success, export,
-    deploy on the emulator's ``reality`` profile through the serial driver (torch-free runtime);
+    deploy on the emulator's ``reality`` profile through the serial driver (torch-free runtime)
+    under the fine-tuning robot config (``arm4_finetune.yaml``, as `robot-sac demo` does);
 (b) the same with domain randomization (``arm_reach_dr.yaml``);
 (c) fine-tune (a) on the emulated arm (`robot-sac finetune` defaults) for the longest budget,
     with checkpoints at each budget in ``--minutes`` (2, 5, 10 minutes of emulated robot time),
@@ -39,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     from robot_sac.export import export_policy
+    from robot_sac.finetune import DEFAULT_FINETUNE_ROBOT
     from sim.emulator_process import EmulatorProcess
 
     root = args.out or Path(tempfile.mkdtemp(prefix="sim_to_real-"))
@@ -55,7 +57,9 @@ def main() -> None:
             export_policy(run, base / f"policy_{run.name}")
             print(f"seed {seed}: {name} trained, {steps} env steps, {wall:.0f} s", flush=True)
         with EmulatorProcess(profile="reality", seed=seed) as emulator:
-            port = ["--port", emulator.port]
+            # Every deployment runs under the fine-tuning robot config, as in `robot-sac demo`: the
+            # fine-tuned policies learned under its speed scale, and one config keeps the rows comparable.
+            port = ["--port", emulator.port, "--robot", str(DEFAULT_FINETUNE_ROBOT)]
             for run, name in (("sim", "nominal sim"), ("sim_dr", "randomized sim")):
                 results[name] = deploy_policy(base / f"policy_{run}", port, base / f"deploy_{run}", "hardware", options)
             # One fine-tuning run, with a checkpoint at each budget (50 Hz: 3000 steps a minute).
