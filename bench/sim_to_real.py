@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from robot_sac.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from robot_sac.demo import DemoOptions, Evaluation, deploy_policy, finetune_on, train_sim
+from robot_sac.demo import DemoOptions, Evaluation, arm_deploy_args, deploy_policy, finetune_on, train_sim
 from robot_sac.evaluate import wilson_interval
 
 
@@ -40,7 +40,6 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     from robot_sac.export import export_policy
-    from robot_sac.finetune import DEFAULT_FINETUNE_ROBOT
     from sim.emulator_process import EmulatorProcess
 
     root = args.out or Path(tempfile.mkdtemp(prefix="sim_to_real-"))
@@ -57,9 +56,7 @@ def main() -> None:
             export_policy(run, base / f"policy_{run.name}")
             print(f"seed {seed}: {name} trained, {steps} env steps, {wall:.0f} s", flush=True)
         with EmulatorProcess(profile="reality", seed=seed) as emulator:
-            # Every deployment runs under the fine-tuning robot config, as in `robot-sac demo`: the
-            # fine-tuned policies learned under its speed scale, and one config keeps the rows comparable.
-            port = ["--port", emulator.port, "--robot", str(DEFAULT_FINETUNE_ROBOT)]
+            port = arm_deploy_args(emulator.port)  # as robot-sac demo: the fine-tuning robot config
             for run, name in (("sim", "nominal sim"), ("sim_dr", "randomized sim")):
                 results[name] = deploy_policy(base / f"policy_{run}", port, base / f"deploy_{run}", "hardware", options)
             # One fine-tuning run, with a checkpoint at each budget (50 Hz: 3000 steps a minute).

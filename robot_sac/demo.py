@@ -107,7 +107,6 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     """
     from robot_sac.errors import ConfigError
     from robot_sac.export import export_policy
-    from robot_sac.finetune import DEFAULT_FINETUNE_ROBOT
     from sim.emulator_process import EmulatorProcess
 
     out = options.out
@@ -125,10 +124,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     evaluations.append(deploy_policy(out / "policy_sim", ["--sim", "--fast"], out / "deploy_sim", "sim", options))
     with EmulatorProcess(profile="reality", seed=options.seed) as emulator:
         stages.begin(f"deploying the sim policy on the emulated arm (reality profile) on {emulator.port}")
-        # On the arm both policies run under the hardware safety config fine-tuning uses (smaller
-        # speeds, wider margins): the fine-tuned policy learned under it, and before/after compare
-        # like for like.
-        port = ["--port", emulator.port, "--robot", str(DEFAULT_FINETUNE_ROBOT)]
+        port = arm_deploy_args(emulator.port)
         evaluations.append(deploy_policy(out / "policy_sim", port, out / "deploy_before", "hardware", options))
         stages.begin(f"fine-tuning on the emulated arm for {options.finetune_s:.0f} s of robot time")
         real_steps, finetune_s = finetune_on(options, out / "sim", out / "finetune", emulator.port)
@@ -190,6 +186,18 @@ def finetune_on(options: DemoOptions, sim_run: Path, run_dir: Path, port: str) -
     finally:
         runtime.close()
     return trainer.buffer.domain_counts()["real"], time.monotonic() - started
+
+
+def arm_deploy_args(port: str) -> list[str]:
+    """``robot-sac deploy`` arguments for a deployment on the arm at ``port``.
+
+    Every policy runs there under the hardware safety config that fine-tuning uses
+    (`DEFAULT_FINETUNE_ROBOT`: smaller speeds, wider margins). The fine-tuned policy learned under
+    it, so the before and after deployments compare like for like.
+    """
+    from robot_sac.finetune import DEFAULT_FINETUNE_ROBOT
+
+    return ["--port", port, "--robot", str(DEFAULT_FINETUNE_ROBOT)]
 
 
 def deploy_policy(policy: Path, where: list[str], report_dir: Path, label: str, options: DemoOptions) -> Evaluation:
