@@ -51,16 +51,25 @@ def test_positions_and_velocities_agree_step_by_step() -> None:
     velocity_error = np.abs(sim[:, dof : 2 * dof] - arm[:, dof : 2 * dof])
     speed = np.abs(arm[:, dof : 2 * dof])
     assert speed.max() > 1.4  # the moves ran near the velocity limits (1.5-2 rad/s)
-    # The serial read lands within the period by the host's clock, so now and then one read is a
-    # few ms late; at a reversal (~100 rad/s^2) that moves the velocity by up to ~1 rad/s while the
-    # position barely changes. Measured on an idle 2-core machine: max 0.14-0.64 rad/s over 4 runs,
-    # 90th percentile ~0.1, at most 1 step of 37 above 0.3. The statistics below allow a few such
-    # steps and still fail on a timing or speed-clamp mismatch (which shifts every moving step).
-    assert position_error.max() < 0.01, position_error.max(axis=0)
+    # Two things move the arm's velocity readings off the simulator's, neither a mismatch:
+    # - The emulator steps physics on its own 2.5 ms (400 Hz) grid, so the read 12 ms after the write
+    #   sees the new goal's motion for 4 or 5 of its steps, by the phase the run happens to start
+    #   in; the phase then holds for the whole run. Measured over 14 runs on an idle 2-core
+    #   machine: 11 runs q90 0.126, median 0.047, no step above 0.3, speed ratio 1.00; 3 runs (the
+    #   read one emulator step early, matched to 0.011 by `sim.measure_at_s=0.010`) q90 0.206,
+    #   median 0.095, 3 steps above 0.3 (the reversals), ratio 0.93.
+    # - Now and then one read is a few ms late by the host's clock; at a reversal (~100 rad/s^2)
+    #   that moves the velocity by up to ~1 rad/s while the position barely changes.
+    # A real mismatch moves every moving step: the simulator reading one of its 2.5 ms steps late
+    # (`measure_at_s` 0.014-0.016, read at 15 ms) gave q90 0.62-0.69, median 0.46-0.52, 30 steps
+    # above 0.3, ratio 0.65-0.70; reading at the period's end (the old bug) q90 1.3, ratio 0.32.
+    # The bounds sit between the two. Position is the check on calibration (zero tick, direction); one tick is
+    # 1.5 mrad, the phase and a late read together move it by up to ~10 mrad.
+    assert position_error.max() < 0.015, position_error.max(axis=0)
     late_steps = int((velocity_error.max(axis=1) > 0.3).sum())
-    assert late_steps <= 3, velocity_error.max(axis=1)
-    assert np.quantile(velocity_error, 0.9) < 0.2, np.quantile(velocity_error, 0.9)
-    assert np.median(velocity_error) < 0.1
+    assert late_steps <= 6, velocity_error.max(axis=1)
+    assert np.quantile(velocity_error, 0.9) < 0.35, np.quantile(velocity_error, 0.9)
+    assert np.median(velocity_error) < 0.2, np.median(velocity_error)
     moving = speed > 0.5
     ratio = np.abs(sim[:, dof : 2 * dof])[moving].mean() / speed[moving].mean()
-    assert 0.9 < ratio < 1.1  # was ~0.25 while the simulator read at the period's end
+    assert 0.85 < ratio < 1.15, ratio  # 0.65-0.70 when one step late; ~0.3 while read at the period's end
