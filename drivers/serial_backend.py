@@ -106,7 +106,7 @@ class SerialBackend:
         self._goal_ticks: np.ndarray | None = None
         self._next_start: float | None = None
         self._last_ticks: np.ndarray | None = None
-        self._last_read_s = 0.0
+        self._last_read_s = (0.0, 0.0)  # (request sent, reply received) of the read that gave _last_ticks
         self.overruns = 0
         self.failed_cycles = 0
         self.cycles = 0
@@ -266,7 +266,7 @@ class SerialBackend:
         blocks = bus.sync_read(self.calibration.ids, READ_START, READ_LENGTH, deadline_s)
         now = self._clock()
         fields = {name: np.array([_field(blocks[i], name) for i in self.calibration.ids]) for name in _STATE_FIELDS}
-        self._check_tick(fields["realtime_tick"], requested)
+        self._check_tick(fields["realtime_tick"], requested, now)
         cal = self.calibration
         state = RobotState(
             position_rad=cal.rad_from_ticks(fields["present_position"]),
@@ -276,10 +276,18 @@ class SerialBackend:
         )
         return state, fields["goal_position"]
 
-    def _check_tick(self, ticks: np.ndarray, now: float) -> None:
+    def _check_tick(self, ticks: np.ndarray, requested_s: float, replied_s: float) -> None:
+        """Stale or rebooted servos from the tick advance since the last read (SAFETY.md rows 16 and 6).
+
+        A servo samples its tick somewhere between our request and its reply, so the time between
+        two samples is only known to lie in [this request - last reply, this reply - last request].
+        Staleness is judged against the lower end and a reboot against the upper: a host stalled
+        between its timestamp and its bytes (a preempted VM) then cannot pass for a lagging tick.
+        """
         previous, self._last_ticks = self._last_ticks, ticks
-        elapsed_ms = (now - self._last_read_s) * 1000.0
-        self._last_read_s = now
+        (last_requested_s, last_replied_s), self._last_read_s = self._last_read_s, (requested_s, replied_s)
+        elapsed_ms = (requested_s - last_replied_s) * 1000.0  # at least this much passed between the samples
+        at_most_ms = (replied_s - last_requested_s) * 1000.0
         if previous is None:
             return
         advance = (ticks - previous) % _TICK_WRAP
@@ -291,10 +299,10 @@ class SerialBackend:
         if frozen.size:
             ids = tuple(self.calibration.ids[i] for i in frozen)
             raise StaleObservation(
-                f"servos {list(ids)}: Realtime_Tick advanced {advance[frozen].tolist()} ms in {elapsed_ms:.1f} ms; "
-                "their data is stale"
+                f"servos {list(ids)}: Realtime_Tick advanced {advance[frozen].tolist()} ms in at least "
+                f"{elapsed_ms:.1f} ms; their data is stale"
             )
-        jumped = np.flatnonzero(advance > elapsed_ms + _TICK_SLACK_MS)
+        jumped = np.flatnonzero(advance > at_most_ms + _TICK_SLACK_MS)
         if jumped.size:
             ids = tuple(self.calibration.ids[i] for i in jumped)
             raise DeviceReset(f"servos {list(ids)}: Realtime_Tick restarted (the servo rebooted)", servo_ids=ids)
