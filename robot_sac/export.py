@@ -79,9 +79,10 @@ class ExportedPolicy(nn.Module):
         mean = normalizer.mean if normalizer is not None else np.zeros(dim)
         std = normalizer.std if normalizer is not None else np.ones(dim)
         self.clip = float(normalizer.clip_sigma) if normalizer is not None else float("inf")
-        self.register_buffer("obs_mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("obs_inv_std", torch.as_tensor(1.0 / std, dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(scale_rad, dtype=torch.float32))
+        # np.array copies: the spec's and the normalizer's arrays are read-only, which torch warns about.
+        self.register_buffer("obs_mean", torch.from_numpy(np.array(mean, dtype=np.float32)))
+        self.register_buffer("obs_inv_std", torch.from_numpy(np.array(1.0 / std, dtype=np.float32)))
+        self.register_buffer("scale", torch.from_numpy(np.array(scale_rad, dtype=np.float32)))
 
     def forward(self, observation: Tensor) -> Tensor:
         """(B, obs_dim) raw observations → (B, dof) joint-target deltas in rad."""
