@@ -27,7 +27,7 @@ from pathlib import Path
 
 from robot_sac.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from robot_sac.demo import DemoOptions, Evaluation, arm_deploy_args, deploy_policy, finetune_on, train_sim
-from robot_sac.evaluate import wilson_interval
+from robot_sac.eval_report import wilson_interval
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from robot_sac.configs import REPO_CONFIG_DIR, load_train_config
 from robot_sac.errors import RobotSacError
-from robot_sac.evaluate import wilson_interval
+from robot_sac.eval_report import wilson_interval
 
 TRAIN_CONFIGS = {False: "arm_reach_sim.yaml", True: "arm_reach_dr.yaml"}
 

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -22,19 +23,9 @@ import yaml
 from policies import SHIPPED_ARM_REACH
 from robot_sac.config_loader import to_mapping
 from robot_sac.configs import EnvConfig, NormalizationConfig, TrainConfig
-from robot_sac.errors import ConfigError, ModelContractError, NonFiniteObservation
-from robot_sac.evaluate import (
-    EXIT_STOPPED_EARLY,
-    REPORT_FILE,
-    EpisodeRow,
-    EvalReport,
-    FaultEntry,
-    LoadedPolicy,
-    evaluate,
-    evaluate_source,
-    source_kind,
-    wilson_interval,
-)
+from robot_sac.errors import CommTimeout, ConfigError, DeviceLost, ModelContractError, NonFiniteObservation
+from robot_sac.eval_report import EXIT_STOPPED_EARLY, REPORT_FILE, EpisodeRow, EvalReport, FaultEntry, wilson_interval
+from robot_sac.evaluate import LoadedPolicy, evaluate, evaluate_source, source_kind
 from robot_sac.fake_backend import FakeBackend
 from robot_sac.make_env import make_env
 from robot_sac.safety import CLIP_STAGES
@@ -129,6 +120,45 @@ def test_a_latched_fault_stops_the_evaluation_with_a_report(arm4_spec: RobotSpec
     assert [f.during for f in report.faults] == ["step", "step", "step", "reset"]
     assert report.faults[-1].name == "EnvStateError" and report.faults[-1].episode == 3
     assert "operator" in report.stop_reason and report.success_rate == 0.0
+
+
+class _FlakyResets(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
+    """Raises the queued faults from `reset`, one per call, before resetting normally."""
+
+    def __init__(self, env: gym.Env[np.ndarray, np.ndarray], faults: list[Exception]) -> None:
+        super().__init__(env)
+        self.faults, self.seeds = faults, []
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        self.seeds.append(kwargs.get("seed"))
+        if self.faults:
+            raise self.faults.pop(0)
+        return self.env.reset(**kwargs)
+
+
+def test_a_transient_reset_fault_is_retried_with_the_same_seed(arm4_spec: RobotSpec) -> None:
+    # What a busy bus does now and then while homing: the reset's read times out once.
+    env = _FlakyResets(_fake_env(arm4_spec), [CommTimeout("servos [11] did not answer")])
+    waits: list[float] = []
+    report = evaluate(env, _policy(lambda obs: np.zeros(arm4_spec.dof)), arm4_spec, episodes=2, seed=3,
+                      sleep=waits.append)  # fmt: skip
+    assert report.completed and report.exit_code == 0 and report.faults == ()
+    assert env.seeds == [3, 3, 4] and waits == [0.5]
+    assert [(f.name, f.episode, f.seed, f.during) for f in report.recovered_faults] == [("CommTimeout", 0, 3, "reset")]
+    assert "1 reset(s) retried" in report.table()
+    assert EvalReport.from_json(report.to_json()) == report
+
+
+def test_a_reset_that_keeps_failing_or_a_latched_one_stops_the_evaluation(arm4_spec: RobotSpec) -> None:
+    timeouts: list[Exception] = [CommTimeout("no reply") for _ in range(3)]
+    report = evaluate(_FlakyResets(_fake_env(arm4_spec), timeouts), _policy(lambda obs: np.zeros(arm4_spec.dof)),
+                      arm4_spec, episodes=2, sleep=lambda s: None)  # fmt: skip
+    assert report.episodes == () and len(report.recovered_faults) == 2
+    assert [(f.name, f.during) for f in report.faults] == [("CommTimeout", "reset")]
+    env = _FlakyResets(_fake_env(arm4_spec), [DeviceLost("the adapter was unplugged")])
+    report = evaluate(env, _policy(lambda obs: np.zeros(arm4_spec.dof)), arm4_spec, episodes=2, sleep=lambda s: None)
+    assert env.seeds == [0] and report.recovered_faults == () and report.faults[0].name == "DeviceLost"
+    assert report.exit_code == EXIT_STOPPED_EARLY
 
 
 def test_a_policy_refusing_an_observation_is_a_fault_of_that_episode(arm4_spec: RobotSpec) -> None:

@@ -32,6 +32,8 @@ INTERFACE_MODULES = [
     "robot_sac.realtime",
     "robot_sac.gc_pauses",
     "robot_sac.reset_retry",
+    "robot_sac.eval_report",
+    "robot_sac.evaluate",
 ]
 DEPLOY_PACKAGES = [
     "drivers",
