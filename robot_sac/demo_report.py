@@ -30,6 +30,8 @@ def print_table(evaluations: list[Evaluation], results: dict[str, Any]) -> None:
                       f"{low:.0%} – {high:.0%}", f"{e.final_error_mm:.1f}", loop, str(e.overruns), str(e.clips),
                       _faults(e))  # fmt: skip
     console = Console()
+    if not console.is_terminal:  # a log file or a pipe: rich would wrap and cut the 9 columns to 80 characters
+        console = Console(width=150)
     console.print(table)
     sim, ft = results["sim_training"], results["finetuning"]
     console.print(f"sim training {sim['env_steps']} env steps in {sim['wall_s']:.0f} s; fine-tuning "
