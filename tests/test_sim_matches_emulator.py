@@ -63,9 +63,14 @@ def test_positions_and_velocities_agree_step_by_step() -> None:
     # A real mismatch moves every moving step: the simulator reading one of its 2.5 ms steps late
     # (`measure_at_s` 0.014-0.016, read at 15 ms) gave q90 0.62-0.69, median 0.46-0.52, 30 steps
     # above 0.3, ratio 0.65-0.70; reading at the period's end (the old bug) q90 1.3, ratio 0.32.
-    # The bounds sit between the two. Position is the check on calibration (zero tick, direction); one tick is
-    # 1.5 mrad, the phase and a late read together move it by up to ~10 mrad.
-    assert position_error.max() < 0.015, position_error.max(axis=0)
+    # The bounds sit between the two.
+    # Position checks the calibration (zero tick, direction). At rest (the last steps) the two agree
+    # to 1.0 mrad; while moving, the per-step worst joint is 1.3-2.3 mrad at the 75th percentile,
+    # and a read that a stalled host (VM steal) sends late moves single steps by 6-17 mrad.
+    step_position_error = position_error.max(axis=1)
+    assert step_position_error[-3:].max() < 0.003, position_error[-3:]
+    assert np.quantile(step_position_error, 0.75) < 0.006, step_position_error
+    assert step_position_error.max() < 0.03, step_position_error
     late_steps = int((velocity_error.max(axis=1) > 0.3).sum())
     assert late_steps <= 6, velocity_error.max(axis=1)
     assert np.quantile(velocity_error, 0.9) < 0.35, np.quantile(velocity_error, 0.9)
