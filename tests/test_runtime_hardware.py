@@ -91,8 +91,12 @@ def test_hardware_actor_keeps_its_period_while_the_learner_stalls(emulator: Emul
     steps_during = sum(c.env_steps for c in during)
     assert steps_during >= 0.5 * (stall["end"] - stall["start"] - 0.1) / PERIOD_S, steps_during
     periods = np.concatenate([c.loop_periods_s for c in during if c.loop_periods_s is not None])
+    # An actor that waited on the learner would show one period as long as the stall (2 s). A busy
+    # VM stretches single periods instead: p50/p95/max 20.1/32.5/37.0 ms in a run during which the
+    # hypervisor took 5 % of the CPU time (steal), 20.0/20.3-21.4/21.9-26.1 ms on a quiet one.
     assert abs(float(np.median(periods)) - PERIOD_S) < 0.002, np.percentile(periods, [50, 99, 100])
-    assert float(np.percentile(periods, 95)) < 1.5 * PERIOD_S, np.percentile(periods, [50, 95, 100])
+    assert float(np.percentile(periods, 90)) < 2 * PERIOD_S, np.percentile(periods, [50, 90, 100])
+    assert float(periods.max()) < 10 * PERIOD_S, np.percentile(periods, [50, 90, 100])
     assert multiprocessing.active_children() == []
 
 
