@@ -310,10 +310,19 @@ class SerialBackend:
             raise DeviceReset(f"servos {list(ids)}: Realtime_Tick restarted (the servo rebooted)", servo_ids=ids)
 
     def _read_fresh(self) -> RobotState:
-        """A state read outside the cycle (reset), within one transaction budget plus retries."""
-        deadline = self._clock() + self.config.fault_cycles * self._spec.dt_s
-        state, _ = self._read(deadline)
-        return state
+        """A state read outside the cycle (reset): ``fault_cycles`` periods per try, homing's tries."""
+        for attempt in range(1, _HOMING_FAULT_TRIES + 1):
+            deadline = self._clock() + self.config.fault_cycles * self._spec.dt_s
+            try:
+                state, _ = self._read(deadline)
+                return state
+            except (CommTimeout, CommCorrupt, StaleObservation) as err:
+                if attempt == _HOMING_FAULT_TRIES:
+                    raise
+                self.failed_cycles += 1
+                log.warning("reset: state read failed (%s: %s); reading again (%d of %d)", type(err).__name__, err,
+                            attempt, _HOMING_FAULT_TRIES)  # fmt: skip
+        raise AssertionError("unreachable")
 
     def _home(self, state: RobotState) -> RobotState:
         """Rate-limited straight line in joint space from the measured pose to home.
