@@ -59,9 +59,11 @@ _STALE_LAG_MIN_MS = 8.0
 _SETTLED_RAD_S = 0.1
 """Homing ends once no joint moved faster than this over the last period (from positions, not from
 Present_Velocity, whose last units jitter at rest)."""
-_RETRYABLE = (CommTimeout, CommCorrupt, StaleObservation, CommandNotApplied)
-_HOMING_FAULT_TRIES = 4
-"""Consecutive failed cycles (each already ``fault_cycles`` periods) that homing rides out before it raises."""
+_READ_FAULTS = (CommTimeout, CommCorrupt, StaleObservation)
+_RETRYABLE = (*_READ_FAULTS, CommandNotApplied)
+_RESET_FAULT_TRIES = 4
+"""Reset is not an episode: its first read gets this many tries, and homing rides out this many times
+``fault_cycles`` failed periods in a row (the servos hold the goal on the slow line home meanwhile)."""
 
 
 class SerialBackend:
@@ -215,8 +217,13 @@ class SerialBackend:
 
     # --- the cycle ---------------------------------------------------------------------------------------
 
-    def _cycle(self) -> RobotState:
-        """One period: hold the goal, read at the end; failed periods are retried up to ``fault_cycles``."""
+    def _cycle(self, max_failures: int | None = None) -> RobotState:
+        """One period: hold the goal, read at the end; failed periods are retried up to ``fault_cycles``.
+
+        ``max_failures`` raises that limit (homing: `_RESET_FAULT_TRIES` times it); a period that
+        fails beyond ``fault_cycles`` is logged as a warning.
+        """
+        limit = self.config.fault_cycles if max_failures is None else max_failures
         period = self._spec.dt_s
         now = self._clock()
         start = self._next_start
@@ -234,10 +241,12 @@ class SerialBackend:
             except _RETRYABLE as err:
                 failures += 1
                 self.failed_cycles += 1
-                if failures >= self.config.fault_cycles:
+                if failures >= limit:
                     self._next_start = None
                     raise
-                log.debug("cycle failed (%s: %s); holding the goal one more period", type(err).__name__, err)
+                level = logging.WARNING if failures >= self.config.fault_cycles else logging.DEBUG
+                log.log(level, "cycle failed (%s: %s); holding the goal one more period (%d of %d)",
+                        type(err).__name__, err, failures, limit)  # fmt: skip
                 # Hold the goal into the next period and read right after writing it, so that the
                 # fault is confirmed (or cleared) within fault_cycles periods of its onset.
                 start = max(start + period, self._clock())
@@ -310,25 +319,26 @@ class SerialBackend:
             raise DeviceReset(f"servos {list(ids)}: Realtime_Tick restarted (the servo rebooted)", servo_ids=ids)
 
     def _read_fresh(self) -> RobotState:
-        """A state read outside the cycle (reset): ``fault_cycles`` periods per try, homing's tries."""
-        for attempt in range(1, _HOMING_FAULT_TRIES + 1):
+        """A state read outside the cycle (reset): ``fault_cycles`` periods per try, `_RESET_FAULT_TRIES` tries."""
+        for attempt in range(1, _RESET_FAULT_TRIES + 1):
             deadline = self._clock() + self.config.fault_cycles * self._spec.dt_s
             try:
                 state, _ = self._read(deadline)
                 return state
-            except (CommTimeout, CommCorrupt, StaleObservation) as err:
-                if attempt == _HOMING_FAULT_TRIES:
+            except _READ_FAULTS as err:
+                if attempt == _RESET_FAULT_TRIES:
                     raise
                 self.failed_cycles += 1
                 log.warning("reset: state read failed (%s: %s); reading again (%d of %d)", type(err).__name__, err,
-                            attempt, _HOMING_FAULT_TRIES)  # fmt: skip
+                            attempt, _RESET_FAULT_TRIES)  # fmt: skip
         raise AssertionError("unreachable")
 
     def _home(self, state: RobotState) -> RobotState:
         """Rate-limited straight line in joint space from the measured pose to home.
 
-        Rides out up to ``_HOMING_FAULT_TRIES - 1`` failed cycles in a row (transient comm faults);
-        the next one raises. Every failed cycle is counted in ``failed_cycles`` and logged.
+        Each cycle rides out `_RESET_FAULT_TRIES` times ``fault_cycles`` failed periods in a row
+        (a bus stalled by a preempted host or VM costs time, not safety: the goal is held); counted
+        in ``failed_cycles``.
         """
         spec, cfg = self._spec, self.config
         home = spec.home_rad
@@ -336,7 +346,6 @@ class SerialBackend:
         max_step = cfg.homing_speed_rad_s * spec.dt_s
         give_up = self._clock() + cfg.homing_timeout_s
         previous = state.position_rad
-        failures = 0
         while not (
             np.array_equal(goal, home)
             and np.abs(state.position_rad - home).max() <= cfg.homing_tolerance_rad
@@ -351,19 +360,7 @@ class SerialBackend:
                 )
             goal = np.where(np.abs(home - goal) <= max_step, home, goal + np.sign(home - goal) * max_step)
             self._goal_ticks = self.calibration.ticks_from_rad(goal)
-            try:
-                state = self._cycle()
-                failures = 0
-            except _RETRYABLE as err:
-                # Homing is not an episode: the servos hold the last goal on the rate-limited line
-                # home, so a bus that stalled for a few periods (a preempted host or VM: seen as two
-                # CommTimeouts in a row) costs time, not safety. Persistent faults still raise.
-                failures += 1
-                if failures >= _HOMING_FAULT_TRIES:
-                    raise
-                log.warning("homing: %s: %s; holding the goal and going on (%d of %d)", type(err).__name__, err,
-                            failures, _HOMING_FAULT_TRIES)  # fmt: skip
-                previous = np.full_like(state.position_rad, np.inf)  # the state is old: not settled yet
+            state = self._cycle(_RESET_FAULT_TRIES * cfg.fault_cycles)
         return state
 
     # --- helpers --------------------------------------------------------------------------------------------

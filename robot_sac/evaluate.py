@@ -105,15 +105,15 @@ def evaluate(
     faults: list[FaultEntry] = []
     recovered: list[FaultEntry] = []
     stop_reason, started = "completed", time.perf_counter()
+
+    def retried(attempt: int, err: RobotFault) -> None:  # called within the iteration: index is current
+        recovered.append(FaultEntry(name=fault_name(err), message=str(err), episode=index, seed=episode_seed,
+                                    step=0, during="reset"))  # fmt: skip
+        log.warning("reset of episode %d failed (%s: %s); trying again in %.1f s (%d of %d)", index,
+                    fault_name(err), err, reset_retry_s, attempt, reset_attempts)  # fmt: skip
+
     for index in range(episodes):
         episode_seed = seed + index
-
-        def retried(attempt: int, err: RobotFault, index: int = index, episode_seed: int = episode_seed) -> None:
-            recovered.append(FaultEntry(name=fault_name(err), message=str(err), episode=index, seed=episode_seed,
-                                        step=0, during="reset"))  # fmt: skip
-            log.warning("reset of episode %d failed (%s: %s); trying again in %.1f s (%d of %d)", index,
-                        fault_name(err), err, reset_retry_s, attempt, reset_attempts)  # fmt: skip
-
         try:
             first = reset_retrying(env, episode_seed, attempts=reset_attempts, retry_s=reset_retry_s,
                                    on_retry=retried, sleep=sleep)  # fmt: skip
