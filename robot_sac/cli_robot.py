@@ -111,7 +111,7 @@ def finetune(args: argparse.Namespace) -> int:
                               sim_actors=args.sim_actors, adapt_normalizer=args.adapt_normalizer,
                               overrides=tuple(args.overrides))  # fmt: skip
     trainer = start_finetune(request, show_progress=not args.no_progress)
-    started_at = trainer.counters.env_steps
+    started_at = (trainer.counters.env_steps, trainer.counters.real_steps)
     runtime = LocalRuntime(trainer)
     assert isinstance(runtime.fleet, LocalFleet)  # the fleet that owns the hardware actor's hold flag
     keys = OperatorKeys(runtime.fleet.hold)
@@ -128,7 +128,9 @@ def finetune(args: argparse.Namespace) -> int:
     counts = trainer.buffer.domain_counts()
     real = read_metrics(out).get("train/real/success_rate")
     success = f", last real training success {real[1][-1]:.0%}" if real is not None and len(real[1]) else ""
-    print(f"{'stopped by the operator' if interrupted else 'fine-tuned'}: {trainer.counters.env_steps - started_at} "
-          f"env steps on the robot and in sim actors; replay holds {counts['real']} real and {counts['sim']} sim "
+    real_steps = trainer.counters.real_steps - started_at[1]
+    sim_steps = trainer.counters.env_steps - started_at[0] - real_steps
+    print(f"{'stopped by the operator' if interrupted else 'fine-tuned'}: {real_steps} env steps on the robot, "
+          f"{sim_steps} in sim actors; replay holds {counts['real']} real and {counts['sim']} sim "
           f"transitions{success}\nrun directory: {out} (export: robot-sac export {out} --out <dir>)")  # fmt: skip
     return 0

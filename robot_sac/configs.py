@@ -279,6 +279,20 @@ class HardwareActorConfig:
     realtime_priority: int = param(
         0, ge=0, le=99, doc="SCHED_FIFO priority of the hardware actor's loop where the OS allows (e.g. 20); 0: normal"
     )
+    budget_steps: int | None = param(
+        None,
+        ge=1,
+        le=10**9,
+        doc="real transitions to collect, counting a resumed run's: the run ends when they are in, whatever the "
+        "simulation actors beside the robot collected (robot-sac finetune --budget-s); null: run.total_steps alone",
+    )
+    sim_actor_niceness: int = param(
+        19,
+        ge=0,
+        le=19,
+        doc="niceness of the simulation actors while the hardware actor runs, so that they take only the CPU time "
+        "the robot's loop, its resets and the learner leave (0: equal shares)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,6 +48,8 @@ class Counters:
     episodes: int = 0
     updates: int = 0
     update_credit: float = 0.0
+    real_steps: int = 0
+    """Env steps of those the hardware actor took (``runtime.hardware.budget_steps`` counts them)."""
 
 
 @dataclass
@@ -250,12 +252,16 @@ class Trainer:
         self.report(self._window.row(self.counters, len(self.buffer)), progress)
         self._window = self._window.next()
 
-    def report(self, row: dict[str, float], progress: ProgressDisplay) -> None:
-        """Log a metrics row at the current env step and show it on the progress display."""
+    def report(self, row: dict[str, float], progress: ProgressDisplay, progress_step: int | None = None) -> None:
+        """Log a metrics row at the current env step and show it on the progress display.
+
+        ``progress_step`` is what the display counts when it is not the env step (a fine-tuning run's
+        real steps); None: the env step.
+        """
         c = self.counters
         self.logger.log(c.env_steps, row)
         progress.update(
-            c.env_steps,
+            c.env_steps if progress_step is None else progress_step,
             episodes=c.episodes,
             last_return=row.get("train/episode_return"),
             success_rate=self.last_eval.get("eval/success_rate", row.get("train/success_rate")),

@@ -14,7 +14,7 @@ from robot_sac.checkpoint import latest_checkpoint, load_checkpoint
 from robot_sac.cli import main
 from robot_sac.configs import load_train_config
 from robot_sac.errors import ConfigError
-from robot_sac.finetune import FinetuneRequest, finetune_config
+from robot_sac.finetune import SIM_STEPS_PER_REAL_BOUND, FinetuneRequest, finetune_config
 from robot_sac.metrics import read_metrics
 from robot_sac.replay import DOMAIN_REAL, DOMAIN_SIM, ReplayBuffer
 from robot_sac.train_setup import local_actor_cores, start_run
@@ -82,12 +82,25 @@ def test_finetune_config_refuses_what_cannot_work(sim_run: Path, tmp_path: Path)
     request = FinetuneRequest(sim_run=sim_run, out=tmp_path / "x", port="/dev/ttyUSB0", budget_s=60.0)
     config = finetune_config(sim, 300, request)
     assert config.run.total_steps == 300 + 3000 and config.runtime.mode == "local"
+    assert config.runtime.hardware.budget_steps == 3000  # 60 s at 50 Hz: the robot's data ends the run
     assert config.sac == sim.sac and config.env == sim.env  # the learner and the task are the sim run's
     with pytest.raises(ConfigError, match="budget"):
         finetune_config(sim, 300, FinetuneRequest(sim_run=sim_run, out=tmp_path, port="/dev/x", budget_s=0.0))
     foreign = load_train_config(CONFIG_DIR / "train" / "pendulum.yaml")
     with pytest.raises(ConfigError, match="ArmReach"):
         finetune_config(foreign, 0, request)
+
+
+def test_sim_actors_do_not_use_up_the_robot_time_budget(sim_run: Path, tmp_path: Path) -> None:
+    """``--budget-s`` is robot time: with sim actors beside the robot, the real steps end the run."""
+    sim = load_train_config(sim_run / "config.yaml")
+    request = FinetuneRequest(sim_run=sim_run, out=tmp_path, port="/dev/ttyUSB0", budget_s=60.0, sim_actors=2)
+    config = finetune_config(sim, 300, request)
+    assert config.runtime.hardware.budget_steps == 3000
+    assert config.run.total_steps == 300 + 3000 * (1 + 2 * SIM_STEPS_PER_REAL_BOUND)  # only a bound
+    # A run that was fine-tuned before collects the budget on top of its real transitions.
+    assert finetune_config(sim, 5300, request, real_steps=2000).runtime.hardware.budget_steps == 5000
+    assert config.runtime.hardware.sim_actor_niceness == 19  # they yield the CPU to the robot's loop
 
 
 def test_the_hardware_actor_keeps_a_core_from_the_learners_threads(sim_run: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ killed, never stretches a control period (SAFETY.md row 19). Its transitions are
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,27 +102,32 @@ def test_hardware_actor_keeps_its_period_while_the_learner_stalls(emulator: Emul
 
 
 def test_sim_and_hardware_actors_feed_one_learner(emulator: EmulatorProcess, tmp_path: Path) -> None:
-    config = _config(emulator.port, 400, "runtime.actors=1")
+    # The sim actor steps thousands of times faster than the arm's 50 Hz: the real-step budget, not
+    # the run's env steps, ends the run (a fixed step budget could end before the hardware actor's
+    # first chunk, seen on CI's 2 cores), as robot-sac finetune --budget-s does with sim actors.
+    config = _config(emulator.port, 20_000, "runtime.actors=1", "runtime.hardware.budget_steps=60")
     runtime = LocalRuntime(start_run(config, tmp_path / "run", show_progress=False))
-    chunks = _record_chunks(runtime)
+    niceness: list[int] = []
     after_ingest = runtime._after_ingest
 
-    def until_real_data(*args: Any) -> bool:
-        # The sim actor steps thousands of times faster than the arm's 50 Hz: a fixed step budget
-        # could end before the hardware actor's first chunk (seen on CI's 2 cores). Run on past 400
-        # steps until an episode's worth of real transitions arrived, as a fine-tuning run waits.
-        return after_ingest(*args) or (
-            runtime.counters.env_steps >= 400 and sum(c.env_steps for c in chunks if c.domain == DOMAIN_REAL) >= 60
-        )
+    def watch_the_sim_actor(*args: Any) -> bool:
+        pool = runtime.fleet.pool  # type: ignore[attr-defined]  # LocalFleet's
+        if not niceness and pool.processes[0] is not None:
+            niceness.append(os.getpriority(os.PRIO_PROCESS, pool.processes[0].pid))
+        return after_ingest(*args)
 
-    runtime._after_ingest = until_real_data  # type: ignore[method-assign]
+    runtime._after_ingest = watch_the_sim_actor  # type: ignore[method-assign]
     try:
-        runtime.train(20_000)  # a bound, never reached: the arm sends a chunk every 0.2 s
+        runtime.train(config.run.total_steps)  # a bound, never reached: the arm sends a chunk every 0.2 s
     finally:
         runtime.close()
-    buffer = runtime.trainer.buffer
-    domains = set(buffer.domain[: len(buffer)].tolist())
-    assert domains == {DOMAIN_SIM, DOMAIN_REAL}
+    c, buffer = runtime.counters, runtime.trainer.buffer
+    domains = buffer.domain[: len(buffer)]
+    assert set(domains.tolist()) == {DOMAIN_SIM, DOMAIN_REAL}
+    assert 60 <= c.real_steps == int((domains == DOMAIN_REAL).sum()) < 60 + 10  # chunks of <= 10 steps
+    assert c.env_steps < 20_000
+    # The sim actor yields the CPU to the robot's loop (runtime.hardware.sim_actor_niceness).
+    assert niceness == [19]
     metrics = read_metrics(tmp_path / "run")
     assert {"train/sim/episode_return", "runtime/real_loop_period_p99_s"} <= set(metrics)
     # (Per-domain returns of real episodes: tests/test_finetune.py, whose run is long enough for them.)

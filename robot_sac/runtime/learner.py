@@ -4,7 +4,7 @@ The learner composes a `Trainer` (agent, replay buffer, normalizer, evaluation e
 checkpoints, counters) and replaces only its loop:
 
     publish weights + stats (version = updates); start the actors
-    loop until ``total_steps`` env steps were ingested:
+    loop until ``total_steps`` env steps (or ``runtime.hardware.budget_steps`` real ones) were ingested:
         restart dead actors
         chunk <- fleet (asleep up to 0.2 s); D <- D u chunk (tagged sim or real); merge its stats delta
         allow the actors up to ingested + dropped + max_actor_lead_steps env steps
@@ -105,7 +105,9 @@ class AsyncLearner:
         """Learn until ``total_steps`` env steps were ingested (counting resumed ones); see the module doc.
 
         Args:
-            total_steps: the run's length in env steps.
+            total_steps: the run's length in env steps. With ``runtime.hardware.budget_steps`` set, the
+                run ends at that many real steps already if it comes first (the progress display then
+                counts real steps): simulation actors beside the robot do not use up its budget.
             stop_when: called with each evaluation's metrics; True ends the run after a checkpoint.
 
         Returns:
@@ -122,8 +124,10 @@ class AsyncLearner:
                 log.warning("only %d of %d actors started within %.0f s; going on", ready, self.fleet.size,
                             STARTUP_TIMEOUT_S)  # fmt: skip
             self._allow()
-            with ProgressDisplay(total_steps, initial_step=c.env_steps, enabled=self.trainer.show_progress) as bar:
-                while c.env_steps < total_steps:
+            budget = self._real_budget()
+            shown, start = (total_steps, c.env_steps) if budget is None else (budget, c.real_steps)
+            with ProgressDisplay(shown, initial_step=start, enabled=self.trainer.show_progress) as bar:
+                while not self._done(total_steps):
                     self.fleet.supervise()
                     chunk = self.fleet.receive(_RECEIVE_TIMEOUT_S)
                     if chunk is None:
@@ -183,6 +187,7 @@ class AsyncLearner:
         if chunk.loop_periods_s is not None:
             w.loop_periods_s.extend(chunk.loop_periods_s.tolist())
         if chunk.domain == DOMAIN_REAL:
+            c.real_steps += chunk.env_steps
             self._check_drift(chunk.next_obs)
         domain = DOMAIN_NAMES.get(chunk.domain, str(chunk.domain))
         for ret, success, _length in chunk.episodes:
@@ -209,7 +214,7 @@ class AsyncLearner:
         c, run, t = self.counters, self.trainer.config.run, self.trainer
 
         def crossed(interval: int) -> bool:
-            return c.env_steps // interval != before // interval or c.env_steps >= total_steps
+            return c.env_steps // interval != before // interval or self._done(total_steps)
 
         stop = False
         if crossed(run.eval_interval_steps):
@@ -221,6 +226,16 @@ class AsyncLearner:
         if crossed(run.checkpoint_interval_steps) or stop:
             t.save()
         return stop
+
+    def _real_budget(self) -> int | None:
+        """``runtime.hardware.budget_steps`` when a hardware actor runs, else None."""
+        hardware = self.runtime.hardware
+        return hardware.budget_steps if hardware.enabled else None
+
+    def _done(self, total_steps: int) -> bool:
+        """Whether the run has its ``total_steps`` env steps, or its real-step budget."""
+        c, budget = self.counters, self._real_budget()
+        return c.env_steps >= total_steps or (budget is not None and c.real_steps >= budget)
 
     def _publish(self) -> None:
         t = self.trainer
@@ -276,5 +291,5 @@ class AsyncLearner:
             row["runtime/real_loop_period_p50_s"] = float(np.percentile(periods, 50))
             row["runtime/real_loop_period_p99_s"] = float(np.percentile(periods, 99))
             row["runtime/real_loop_period_max_s"] = float(periods.max())
-        t.report(row, bar)
+        t.report(row, bar, progress_step=None if self._real_budget() is None else self.counters.real_steps)
         self._window = w.next()

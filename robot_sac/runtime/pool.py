@@ -98,6 +98,11 @@ class ActorPool:
                     "it is not restarted"
                 )
                 self._retired[slot] = True
+                if self.config.runtime.hardware.budget_steps is not None:
+                    raise FleetExhausted(
+                        "the hardware actor stopped for good before the run's real-step budget "
+                        "(runtime.hardware.budget_steps) was in; the simulation actors alone cannot meet it"
+                    )
                 continue
             log.warning("actor %d exited with code %s; restarting it with a new seed", slot, code)
             quick = time.monotonic() - self._started_s[slot] < QUICK_DEATH_S
