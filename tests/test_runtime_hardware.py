@@ -20,9 +20,11 @@ from robot_sac.configs import TrainConfig, load_train_config
 from robot_sac.errors import ConfigError
 from robot_sac.metrics import read_metrics
 from robot_sac.replay import DOMAIN_REAL, DOMAIN_SIM
+from robot_sac.runtime.actor import HARDWARE_FAULT_EXIT
 from robot_sac.runtime.channels import TransitionChunk
 from robot_sac.runtime.learner import AsyncLearner
 from robot_sac.runtime.local import LocalRuntime
+from robot_sac.runtime.pool import ActorPool, FleetExhausted
 from robot_sac.train_setup import start_run
 from sim.emulator_process import EmulatorProcess
 from tests.conftest import CONFIG_DIR
@@ -141,3 +143,28 @@ def test_hardware_actor_config_is_checked() -> None:
                                       "runtime.mode=sync"))  # fmt: skip
     with pytest.raises(ConfigError, match="no actor"):
         load_train_config(ARM_REACH, ("runtime.actors=0",))
+
+
+class _ExitedProcess:
+    """A finished actor process as `ActorPool.supervise` sees it."""
+
+    def __init__(self, exitcode: int) -> None:
+        self.exitcode = exitcode
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("budget", [None, 60])
+def test_a_hardware_actor_stopped_by_a_fault_ends_a_run_with_a_real_budget(budget: int | None) -> None:
+    """Without the robot a fine-tuning run cannot reach its robot-time budget: it stops, not the sim actors' way."""
+    extra = ("runtime.actors=1",) + (() if budget is None else (f"runtime.hardware.budget_steps={budget}",))
+    pool = ActorPool(None, _config("/dev/x", 1000, *extra), lambda *a: None, None, lambda: False)
+    assert pool.is_hardware(1)
+    pool.processes[1] = _ExitedProcess(HARDWARE_FAULT_EXIT)
+    if budget is None:
+        assert pool.supervise() == 0  # retired (never restarted); the sim actor goes on to run.total_steps
+    else:
+        with pytest.raises(FleetExhausted, match="budget"):
+            pool.supervise()
+    assert pool.processes[1] is None
