@@ -146,8 +146,6 @@ def restore_run(
         buffer = ReplayBuffer(config.sac.buffer_size, envs.obs_dim, envs.action_dim)
     restore_rng_state(state["rng"], rng)
     counters = Counters(**state["counters"])
-    if "real_steps" not in state["counters"]:  # written before the counter existed: the buffer knows
-        counters.real_steps = buffer.domain_counts()["real"]
     _write_run_files(run_dir, config, device, threads)
     logger = MetricsLogger(run_dir, resume=not fresh_logs)
     if not fresh_logs:

@@ -87,6 +87,9 @@ class AsyncLearner:
         """No actor starts until `train`."""
         self.trainer, self.fleet = trainer, fleet
         self.runtime = trainer.config.runtime
+        hardware = self.runtime.hardware
+        self._real_budget = hardware.budget_steps if hardware.enabled else None
+        """``runtime.hardware.budget_steps`` when a hardware actor runs, else None."""
         self._window = _Window()
         self._beating = threading.Event()
         self._stopped = False
@@ -124,7 +127,7 @@ class AsyncLearner:
                 log.warning("only %d of %d actors started within %.0f s; going on", ready, self.fleet.size,
                             STARTUP_TIMEOUT_S)  # fmt: skip
             self._allow()
-            budget = self._real_budget()
+            budget = self._real_budget
             shown, start = (total_steps, c.env_steps) if budget is None else (budget, c.real_steps)
             with ProgressDisplay(shown, initial_step=start, enabled=self.trainer.show_progress) as bar:
                 while not self._done(total_steps):
@@ -227,14 +230,9 @@ class AsyncLearner:
             t.save()
         return stop
 
-    def _real_budget(self) -> int | None:
-        """``runtime.hardware.budget_steps`` when a hardware actor runs, else None."""
-        hardware = self.runtime.hardware
-        return hardware.budget_steps if hardware.enabled else None
-
     def _done(self, total_steps: int) -> bool:
         """Whether the run has its ``total_steps`` env steps, or its real-step budget."""
-        c, budget = self.counters, self._real_budget()
+        c, budget = self.counters, self._real_budget
         return c.env_steps >= total_steps or (budget is not None and c.real_steps >= budget)
 
     def _publish(self) -> None:
@@ -291,5 +289,5 @@ class AsyncLearner:
             row["runtime/real_loop_period_p50_s"] = float(np.percentile(periods, 50))
             row["runtime/real_loop_period_p99_s"] = float(np.percentile(periods, 99))
             row["runtime/real_loop_period_max_s"] = float(periods.max())
-        t.report(row, bar, progress_step=None if self._real_budget() is None else self.counters.real_steps)
+        t.report(row, bar, progress_step=None if self._real_budget is None else self.counters.real_steps)
         self._window = w.next()
