@@ -33,7 +33,12 @@ SMALL = (
     "runtime.mode=local",
     "runtime.actors=2",
     "runtime.chunk_steps=25",
-    "runtime.max_actor_lead_steps=100",
+    # Two chunks of lead: an actor reaches its first episode boundary (step 200) only after the learner
+    # has ingested 150 steps and made its ~25 updates since step 100, so that boundary pulls published
+    # weights. With 100, an actor that ran alone while the other one started (or the learner's first
+    # updates were slow) could reach it before update 10 and both episodes ran on version 0 (a
+    # clean-clone CI run).
+    "runtime.max_actor_lead_steps=50",
     "runtime.publish_interval_updates=10",
 )
 
