@@ -285,14 +285,13 @@ class DeployLoop:
         """``env.reset`` with `reset_retrying`: each retried transient fault goes to ``report.recovered_faults``."""
 
         def record(attempt: int, err: RobotFault) -> None:
-            name, at_s = fault_name(err), self.clock() - self._t0
-            self.report.recovered_faults.append(FaultRecord(name, str(err), index, 0, at_s, None))
-            log.warning("reset of episode %d failed (%s: %s); trying again in %.1f s (%d of %d)", index, name, err,
-                        self.config.reset_retry_s, attempt, self.config.reset_attempts)  # fmt: skip
+            at_s = self.clock() - self._t0
+            self.report.recovered_faults.append(FaultRecord(fault_name(err), str(err), index, 0, at_s, None))
 
         return reset_retrying(
             self.env, seed, attempts=self.config.reset_attempts, retry_s=self.config.reset_retry_s,
-            on_retry=record, give_up=lambda: bool(self._stop_reason()), sleep=self.sleep,
+            what=f"reset of episode {index}", on_retry=record, give_up=lambda: bool(self._stop_reason()),
+            sleep=self.sleep,
         )  # fmt: skip
 
     def _step(

@@ -109,14 +109,12 @@ def evaluate(
     def retried(attempt: int, err: RobotFault) -> None:  # called within the iteration: index is current
         recovered.append(FaultEntry(name=fault_name(err), message=str(err), episode=index, seed=episode_seed,
                                     step=0, during="reset"))  # fmt: skip
-        log.warning("reset of episode %d failed (%s: %s); trying again in %.1f s (%d of %d)", index,
-                    fault_name(err), err, reset_retry_s, attempt, reset_attempts)  # fmt: skip
 
     for index in range(episodes):
         episode_seed = seed + index
         try:
             first = reset_retrying(env, episode_seed, attempts=reset_attempts, retry_s=reset_retry_s,
-                                   on_retry=retried, sleep=sleep)  # fmt: skip
+                                   what=f"reset of episode {index}", on_retry=retried, sleep=sleep)  # fmt: skip
             row, fault = _episode(env, first, policy, inv_step, index, episode_seed)
         except (RobotFault, EnvStateError) as err:  # from reset only: the policy's and the steps' are caught
             faults.append(FaultEntry(name=fault_name(err), message=str(err), episode=index, seed=episode_seed,

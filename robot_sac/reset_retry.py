@@ -8,13 +8,16 @@ never retried. Imports only gymnasium and our error types: the torch-free deploy
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 
-from robot_sac.errors import FaultLevel, RobotFault
+from robot_sac.errors import FaultLevel, RobotFault, fault_name
+
+log = logging.getLogger(__name__)
 
 
 def reset_retrying(
@@ -23,7 +26,8 @@ def reset_retrying(
     *,
     attempts: int,
     retry_s: float,
-    on_retry: Callable[[int, RobotFault], None],
+    what: str,
+    on_retry: Callable[[int, RobotFault], None] = lambda attempt, err: None,
     give_up: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[Any, dict[str, Any]]:
@@ -34,8 +38,9 @@ def reset_retrying(
         seed: the episode's reset seed (the same on every attempt).
         attempts: tries in all, at least 1.
         retry_s: seconds between tries.
+        what: names the reset in the warning logged before each retry, e.g. ``"reset of episode 3"``.
         on_retry: called with the attempt number (1-based) and the fault before each retry; it
-            records and logs it (the caller knows where faults are counted).
+            records it (the caller knows where faults are counted).
         give_up: checked after a failure; True (a stop was requested) re-raises at once.
         sleep: the pause between attempts (injectable for tests).
 
@@ -51,6 +56,8 @@ def reset_retrying(
         except RobotFault as err:
             if err.level is FaultLevel.LATCHED or attempt == attempts or give_up():
                 raise
+            log.warning("%s failed (%s: %s); trying again in %g s (%d of %d)", what, fault_name(err), err, retry_s,
+                        attempt, attempts)  # fmt: skip
             on_retry(attempt, err)
             sleep(retry_s)
     raise AssertionError("unreachable")

@@ -35,7 +35,8 @@ def _run(env: FlakyEnv, attempts: int = 3, give_up: bool = False) -> tuple[Any, 
     retried: list[tuple[int, str]] = []
     slept: list[float] = []
     result = reset_retrying(
-        env, 7, attempts=attempts, retry_s=0.25, on_retry=lambda n, err: retried.append((n, type(err).__name__)),
+        env, 7, attempts=attempts, retry_s=0.25, what="reset of episode 0",
+        on_retry=lambda n, err: retried.append((n, type(err).__name__)),
         give_up=lambda: give_up, sleep=slept.append,
     )  # fmt: skip
     return result, retried, slept
@@ -73,3 +74,12 @@ def test_a_requested_stop_ends_the_retries() -> None:
 def test_at_least_one_attempt() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         _run(FlakyEnv([]), attempts=0)
+
+
+def test_each_retry_is_logged_with_what_was_reset(caplog: pytest.LogCaptureFixture) -> None:
+    env = FlakyEnv([CommTimeout("late reply")])
+    with caplog.at_level("WARNING", logger="robot_sac.reset_retry"):
+        _run(env)
+    assert [r.getMessage() for r in caplog.records] == [
+        "reset of episode 0 failed (CommTimeout: late reply); trying again in 0.25 s (1 of 3)"
+    ]

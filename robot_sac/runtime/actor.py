@@ -284,12 +284,7 @@ def _reset(spec: ActorSpec, env: gym.Env[Any, Any], seed: int) -> tuple[Any, dic
     """
     if not spec.hardware:
         return env.reset(seed=seed)
-
-    def warn(attempt: int, err: RobotFault) -> None:
-        log.warning("hardware actor: reset failed (%s: %s); retrying in %.1f s (%d of %d)",
-                    type(err).__name__, err, RESET_RETRY_S, attempt, RESET_ATTEMPTS)  # fmt: skip
-
-    return reset_retrying(env, seed, attempts=RESET_ATTEMPTS, retry_s=RESET_RETRY_S, on_retry=warn)
+    return reset_retrying(env, seed, attempts=RESET_ATTEMPTS, retry_s=RESET_RETRY_S, what="hardware actor: reset")
 
 
 def _may_step(spec: ActorSpec, link: LearnerLink, pending: int) -> bool:
