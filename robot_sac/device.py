@@ -39,8 +39,10 @@ def configure_cpu_threads(threads: int | None = None, reserved_cores: int = 0) -
     ``None`` means: ``OMP_NUM_THREADS`` when the user set it (so two runs sharing a machine can be
     given a core each; more threads than cores makes OpenMP spin and runs ~10x slower), otherwise
     min(available cores - ``reserved_cores``, 4), at least 1. Local actor processes reserve their
-    cores: a learner with 2 threads beside 1 actor on 2 cores ran at half the sync loop's speed
-    (OpenMP threads waiting on a descheduled peer).
+    cores: a learner thread that shares a core with an actor waits on its descheduled OpenMP peer.
+    Measured on 2 cores, ArmReach, 1 local actor, UTD 1 (2026-12-03, 4,000-8,000 env steps): 2
+    learner threads 76-116 updates/s (mean 102), 1 thread 97-114 (mean 106): the second thread
+    buys nothing and makes the rate erratic.
     """
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
