@@ -8,7 +8,7 @@ Modules (import them directly; this package imports nothing):
 
 - `policies.onnx_policy`: `OnnxPolicy` (verify, check the contract, warm up, infer) and
   `expected_contract`.
-- `policies.deploy`: `DeployLoop` and `DeployConfig`, the onboard real-time loop.
+- `policies.deploy`: `DeployLoop`, the onboard real-time loop; `policies.deploy_config`: its `DeployConfig`.
 - `policies.deploy_report`: the run report (``deploy_report.json``) and the fault ring buffer.
 - `policies.pacing`: when commands go out (sleep on a deadline grid, backend-paced, free-running).
 - `policies.signals`: SIGINT/SIGTERM as a stop flag; the second signal aborts.

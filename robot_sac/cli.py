@@ -25,7 +25,7 @@ Commands:
   policy on the robot through the training env stack, on the robot's control rate (``--fast``:
   simulation as fast as it computes), until done or SIGINT/SIGTERM (stop, hold, park; a second
   signal holds and exits 1); writes ``deploy_report.json`` (and ``fault_*.npz`` dumps) to
-  ``--out``. ``--set deploy.<key>=v`` sets `policies.deploy.DeployConfig`, other keys the env.
+  ``--out``. ``--set deploy.<key>=v`` sets `policies.deploy_config.DeployConfig`, other keys the env.
   Imports neither torch nor pybullet with ``--port``.
 
 Exit codes: 0 success, 1 aborted by a second signal, 2 bad config, 3 storage error, 4 the policy
@@ -239,7 +239,8 @@ def _run_episode(env: Any, controller: ReachIK, seed: int) -> dict[str, Any]:
 
 def _deploy(args: argparse.Namespace) -> int:
     """Compose policy, backend, env, pacer and loop; run; write and print the report."""
-    from policies.deploy import DeployConfig, DeployLoop
+    from policies.deploy import DeployLoop
+    from policies.deploy_config import DeployConfig
     from policies.deploy_report import REPORT_FILE
     from policies.onnx_policy import OnnxPolicy, expected_contract
     from policies.pacing import BackendPacer, FreeRunPacer, Pacer, SleepPacer

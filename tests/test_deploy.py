@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from policies.deploy import DeployConfig, DeployLoop
+from policies.deploy import DeployLoop
+from policies.deploy_config import DeployConfig
 from policies.deploy_report import REPORT_FILE
 from policies.onnx_policy import OnnxPolicy
 from policies.pacing import BackendPacer, FreeRunPacer, SleepPacer

@@ -40,6 +40,7 @@ DEPLOY_PACKAGES = [
     "policies",
     "policies.onnx_policy",
     "policies.deploy",
+    "policies.deploy_config",
     "policies.deploy_report",
     "policies.pacing",
     "policies.signals",
