@@ -27,7 +27,10 @@ from robot_sac.errors import CommCorrupt, CommTimeout, ServoCommandRejected, Ser
 
 _READ_CHUNK = 4096
 _UNTIMED_ATTEMPTS = 3
-"""Requests outside a control cycle (setup, health checks) get this many budgets in all."""
+_UNTIMED_MIN_S = 0.1
+"""Requests outside a control cycle (setup, health checks) get this many budgets in all, and at
+least `_UNTIMED_MIN_S`: no control period waits on them, and a USB adapter's or a busy host's
+stall of a few tens of ms must not fail a connect (seen: 1 emulator start in 60 on a 2-core VM)."""
 _RETRY_MARGIN_S = 0.001
 """Time a retry needs beyond its bytes' wire time to be worth sending (servo turnaround, OS wakeups)."""
 _STATUS_OVERHEAD = 11
@@ -162,7 +165,8 @@ class ServoBus:
     ) -> dict[int, bytes]:
         """Send ``packet`` and return each expected servo's status data, retrying within the deadline."""
         now = self.clock()
-        deadline = now + _UNTIMED_ATTEMPTS * self.transaction_timeout_s if deadline_s is None else deadline_s
+        untimed_s = max(_UNTIMED_ATTEMPTS * self.transaction_timeout_s, _UNTIMED_MIN_S)
+        deadline = now + untimed_s if deadline_s is None else deadline_s
         reply_bytes = len(ids) * (_STATUS_OVERHEAD + data_length)
         attempt_s = self.attempt_timeout_s(len(packet), reply_bytes)
         # A retry is worth sending while the deadline leaves room for the bytes themselves plus a

@@ -297,11 +297,15 @@ class FaultInjector:
 
     def frozen(self, servo_id: int) -> bool:
         """Realtime tick and present values of ``servo_id`` are frozen now."""
+        return self.freeze_event(servo_id) is not None
+
+    def freeze_event(self, servo_id: int) -> FaultEvent | None:
+        """The freeze_tick rule holding ``servo_id``'s tick and present values now, as an event (None: live)."""
         elapsed = self._elapsed_s()
-        return any(
-            r.mode is FaultMode.FREEZE_TICK and r.targets(servo_id) and r.active(self.packets, elapsed)
-            for r in self.rules
-        )
+        for r in self.rules:
+            if r.mode is FaultMode.FREEZE_TICK and r.targets(servo_id) and r.active(self.packets, elapsed):
+                return FaultEvent(FaultMode.FREEZE_TICK, servo_id, r.token)
+        return None
 
     def due_events(self) -> list[FaultRule]:
         """One-shot rules whose start has come and that have not fired yet (each is returned once)."""

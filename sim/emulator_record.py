@@ -15,7 +15,8 @@ the host's clock on the same machine). Instruction lines::
 * BULK_READ / BULK_WRITE carry ``requests``: ID -> {"address", "length"[, "value"]}.
 * A packet whose parameters do not parse carries ``"malformed": <hex>``.
 
-Event lines: ``{"event": "fault", "mode": ..., "id": ..., "rule": ...}`` (each applied fault),
+Event lines: ``{"event": "fault", "mode": ..., "id": ..., "rule": ...}`` (each applied fault; a
+freeze_tick fault is logged for each reply that carries the frozen tick),
 ``{"event": "watchdog_trip", "id": ...}`` and ``{"event": "hardware_error", "id": ..., "bits": ...}``.
 """
 

@@ -261,10 +261,16 @@ class ServoEmulator:
             return p2.StatusError.NONE, servo.read(0, 2)[1] + servo.read(6, 1)[1]  # model number, firmware
         if inst in (_I.READ, _I.SYNC_READ, _I.BULK_READ):
             tick = X_SERIES["realtime_tick"]
-            if address <= tick.address < address + length and not self.plant.frozen[self.servos.index(servo)]:
-                # The tick is a live hardware counter on a real servo, not a value sampled at the last
-                # physics step: refresh it as the servo answers.
-                servo.set("realtime_tick", int((self._clock() - servo.tick_origin_s) * 1000.0) % _TICK_WRAP)
+            index = self.servos.index(servo)
+            freeze = self.faults.freeze_event(servo.servo_id) if self._has_freeze else None
+            self.plant.frozen[index] = freeze is not None  # from the rule's start, not the next physics step
+            if address <= tick.address < address + length:
+                if freeze is not None:
+                    self._log(freeze.as_record())  # a reply carries the frozen tick: the fault is on the wire
+                else:
+                    # The tick is a live hardware counter on a real servo, not a value sampled at the last
+                    # physics step: refresh it as the servo answers.
+                    servo.set("realtime_tick", int((self._clock() - servo.tick_origin_s) * 1000.0) % _TICK_WRAP)
             return servo.read(address, length)
         if inst in (_I.WRITE, _I.SYNC_WRITE, _I.BULK_WRITE):
             return self._write(servo, address, data), b""

@@ -113,8 +113,9 @@ def test_untimed_requests_retry_after_a_quiet_time() -> None:
     start = clock.t
     with pytest.raises(CommTimeout):
         bus.read_register(1, "present_position")  # setup-time request: no cycle deadline
-    assert bus.health.retries == 1 and bus.health.failures == 2
-    assert clock.t - start <= 3 * 0.008 + 1e-9
+    # no cycle waits on it: it retries, with a quiet time after each attempt, for 100 ms in all
+    assert bus.health.retries >= 2 and bus.health.failures == bus.health.retries + 1
+    assert 0.09 <= clock.t - start <= 0.1 + 1e-9
 
 
 def test_retries_only_while_the_deadline_leaves_room_for_one() -> None:
@@ -153,7 +154,7 @@ def test_partial_frame_is_comm_corrupt_and_garbage_prefix_still_parses() -> None
     bus, _, _ = servo_bus(lambda p: healthy(p)[:7])
     with pytest.raises(CommCorrupt, match="unfinished frame"):
         bus.read_register(1, "present_position")
-    assert bus.health.partial_frames == 2  # the first attempt and its one retry
+    assert bus.health.partial_frames == bus.health.failures >= 2  # every attempt within the untimed window
     bus2, _, _ = servo_bus(lambda p: b"\x00\xff\x13\xff\xff" + healthy(p))
     assert bus2.read_register(1, "present_position") == 1001
 

@@ -2,7 +2,8 @@
 
 For each fault the test injects it mid-episode (``EmulatorProcess.inject``), then checks:
 the driver's typed error in ``info["fault"]``, ``truncated`` (never ``terminated``), the time from
-the fault's first effect on the wire (the emulator's record) to the env returning, at most two
+the fault's first effect on the wire (the emulator's record: the first reply it shaped, or for a
+freeze the first reply that carries the frozen tick) to the env returning, at most two
 control periods at 50 Hz, and from the emulator's record that no goal outside the servo's position
 limits and, after a latched fault, no goal at all reached the wire (SAFETY.md rows 1-9, 16).
 """
@@ -119,7 +120,7 @@ EPISODE_FAULTS = [
     ("partial:bytes=7", "CommCorrupt", "partial"),
     ("bogus_length:id=14", "CommCorrupt", "bogus_length"),
     ("latency:ms=30", "CommTimeout", "latency"),
-    ("freeze_tick:id=12", "StaleObservation", None),
+    ("freeze_tick:id=12", "StaleObservation", "freeze_tick"),
     ("drop_writes:id=14", "CommandNotApplied", "drop_writes"),
 ]
 
