@@ -12,6 +12,7 @@ import yaml
 
 from robot_sac.normalization import ObservationNormalizer
 from robot_sac.spec import RobotSpec, load_robot_spec
+from tests.steal_reruns import pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401  (hooks)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
