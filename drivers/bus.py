@@ -54,6 +54,8 @@ class BusHealth:
     rejected: int = 0
     writes_without_reply: int = 0
     """sync writes sent (they have no status packet)"""
+    late_replies: int = 0
+    """sync-read replies dropped as a failed attempt's, arriving after its retry was sent"""
     timeouts_by_id: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -74,6 +76,7 @@ class BusHealth:
             "partial_frames": self.partial_frames,
             "retries": self.retries,
             "alerts": self.alerts,
+            "late_replies": self.late_replies,
         }
 
 
@@ -209,6 +212,7 @@ class ServoBus:
         self.transport.flush_input()
         self.transport.write(packet)
         wanted = set(ids)
+        position = {sid: k for k, sid in enumerate(ids)}
         got: dict[int, p2.StatusPacket] = {}
         while wanted - got.keys():
             if parser.crc_errors + parser.length_errors and len(got) + parser.crc_errors >= len(wanted):
@@ -220,6 +224,14 @@ class ServoBus:
                 if pkt.instruction != p2.Instruction.STATUS or pkt.servo_id not in wanted:
                     continue  # an echo or another device's reply
                 status = p2.StatusPacket.from_packet(pkt)
+                # Servos answer a sync read in the order of its ID list. Replies that came before an
+                # earlier ID's are late ones to the attempt this one retries (Protocol 2.0 has no
+                # sequence numbers; an in-cycle retry has no quiet time): their data predates this
+                # request, so drop them and take this attempt's.
+                late = [i for i in got if position[i] > position[pkt.servo_id]]
+                for i in late:
+                    del got[i]
+                self.health.late_replies += len(late)
                 got[pkt.servo_id] = status
                 self._check_error_number(status, len(status.data), data_length)
         missing = tuple(sorted(wanted - got.keys()))

@@ -1,6 +1,6 @@
 """Rerun a real-time serial test that failed while the VM lost its CPUs to the hypervisor (steal time).
 
-The serial tests (those using the ``realtime_host`` fixture) run the host loop and the servo
+The serial tests (those using the ``realtime_host`` fixture or marked ``realtime_wire``) run the host loop and the servo
 emulator as two real processes at SCHED_FIFO, against an 8 ms transaction budget and a 20 ms
 control period. Inside a virtual machine, neither priority helps when the hypervisor deschedules
 the vCPUs: a steal burst of tens of ms is a real wire outage to the driver, which then raises the
@@ -9,9 +9,10 @@ one clean-clone CI run on a 2-vCPU VM: 28.4 s of steal in 612 s, and two contrac
 within the same 3 s.
 
 Such a test is run again, up to `MAX_RERUNS` times, only when its failed call phase coincided with
-at least `STEAL_THRESHOLD_S` of steal (``/proc/stat``). Where there is no steal (bare metal, an idle
-host), no test is ever rerun, so a real timing bug still fails. Every rerun is listed in the
-terminal summary with the steal that justified it.
+at least `STEAL_THRESHOLD_S` of steal (``/proc/stat``). A 20 ms threshold was too high: a contract
+test failed on a CommTimeout of all four servos, without a rerun, in a 66 s run with 0.8 s of steal.
+Where there is no steal (bare metal, an idle host), no test is ever rerun, so a real timing bug
+still fails. Every rerun is listed in the terminal summary with the steal that justified it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import pytest
 from _pytest.runner import runtestprotocol
 
 MAX_RERUNS = 2
-STEAL_THRESHOLD_S = 0.02
-"""One control period of CPU time (all vCPUs together) taken by the hypervisor during the test."""
+STEAL_THRESHOLD_S = 0.01
+"""Any measurable steal (the counter's unit is 10 ms, all vCPUs together) during the test: one
+10 ms stall already exceeds the driver's 8 ms transaction budget."""
 
 _RERUNS = pytest.StashKey[list[str]]()
 
@@ -41,7 +43,7 @@ def steal_s() -> float:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     """Run a real-time test; rerun it after a failed call only when steal time explains the failure."""
-    if "realtime_host" not in getattr(item, "fixturenames", ()):
+    if "realtime_host" not in getattr(item, "fixturenames", ()) and item.get_closest_marker("realtime_wire") is None:
         return None  # pytest's own protocol
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     for attempt in range(MAX_RERUNS + 1):

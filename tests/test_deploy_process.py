@@ -26,6 +26,8 @@ from tests.onnx_fixtures import contract_for, pose_seeking_weights, write_policy
 from tests.test_deploy import POSE_OFFSET_RAD
 from tests.test_import_boundaries import BLOCKER
 
+pytestmark = pytest.mark.realtime_wire  # a deploy loop on the emulator, in real time
+
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory: pytest.TempPathFactory, arm4_spec: RobotSpec) -> Path:

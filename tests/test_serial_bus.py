@@ -33,6 +33,8 @@ class FakeTransport:
         self.sent: list[p2.Packet] = []
         self._pending = b""
         self.flushes = 0
+        self.chunk_bytes: int | None = None
+        """Deliver at most this many bytes per read (a real line: frames arrive one by one)."""
 
     def write(self, data: bytes) -> None:
         (packet,) = p2.PacketParser().feed(data)
@@ -44,7 +46,8 @@ class FakeTransport:
             self.clock.t = max(self.clock.t, deadline_s)  # silence: the read waits out its deadline
             return b""
         self.clock.t += self.reply_delay_s
-        data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+        size = max_bytes if self.chunk_bytes is None else min(max_bytes, self.chunk_bytes)
+        data, self._pending = self._pending[:size], self._pending[size:]
         return data
 
     def flush_input(self) -> None:
@@ -106,6 +109,40 @@ def test_a_silent_servo_is_a_timeout_naming_it_within_the_budget() -> None:
     assert err.value.servo_ids == (2,)
     assert clock.t - start == pytest.approx(0.008, abs=1e-3)  # the deadline holds, no retry fits
     assert bus.health.timeouts_by_id == {2: 1}
+
+
+def test_a_retry_drops_the_late_replies_of_the_attempt_it_retries() -> None:
+    # The first sync read gets servo 1 only; servos 2 and 3 answer it late, after the retry was
+    # sent (the retry's flush came too early for them). Taking those would mix stale data in.
+    attempts: list[int] = []
+
+    def late_then_fresh(packet: p2.Packet) -> bytes:
+        attempts.append(1)
+        if len(attempts) == 1:
+            return p2.status_packet(1, 0, (1001).to_bytes(4, "little"))
+        old = b"".join(p2.status_packet(i, 0, (9000 + i).to_bytes(4, "little")) for i in (2, 3))
+        return old + healthy(packet)
+
+    bus, transport, clock = servo_bus(late_then_fresh)
+    transport.chunk_bytes = 15  # one status frame with 4 data bytes per read
+    got = bus.sync_read([1, 2, 3], 132, 4, deadline_s=clock.t + 0.02)
+    assert got == {i: (1000 + i).to_bytes(4, "little") for i in (1, 2, 3)}
+    assert bus.health.retries == 1 and bus.health.late_replies == 2
+
+
+def test_a_silent_servo_mid_list_still_lets_the_later_ones_answer() -> None:
+    def servo_2_silent(packet: p2.Packet) -> bytes:
+        return b"".join(f for i, f in _split(healthy(packet)) if i != 2)
+
+    bus, _, clock = servo_bus(servo_2_silent)
+    with pytest.raises(CommTimeout) as err:
+        bus.sync_read([1, 2, 3], 132, 4, deadline_s=clock.t + 0.008)
+    assert err.value.servo_ids == (2,) and bus.health.late_replies == 0
+
+
+def _split(data: bytes) -> list[tuple[int, bytes]]:
+    """(servo id, encoded frame) of each status packet in ``data``."""
+    return [(f.servo_id, p2.encode_packet(f.servo_id, f.instruction, f.params)) for f in p2.PacketParser().feed(data)]
 
 
 def test_untimed_requests_retry_after_a_quiet_time() -> None:
