@@ -30,10 +30,10 @@ STEAL_THRESHOLD_S = 0.01
 _RERUNS = pytest.StashKey[list[str]]()
 
 
-def steal_s() -> float:
+def steal_s(stat_path: str = "/proc/stat") -> float:
     """Seconds of CPU time the hypervisor took from this machine's vCPUs since boot; 0.0 where unknown."""
     try:
-        with open("/proc/stat", encoding="ascii") as stat:
+        with open(stat_path, encoding="ascii") as stat:
             fields = stat.readline().split()
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
@@ -50,12 +50,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         before = steal_s()
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
         stolen = steal_s() - before
-        call_failed = any(r.when == "call" and r.failed for r in reports)
-        setup_ok = all(not (r.when == "setup" and r.failed) for r in reports)
-        if not (call_failed and setup_ok) or attempt == MAX_RERUNS or stolen < STEAL_THRESHOLD_S:
+        call = next((r for r in reports if r.when == "call"), None)  # None: the setup failed
+        if call is None or not call.failed or attempt == MAX_RERUNS or stolen < STEAL_THRESHOLD_S:
             break
-        failed = next(r for r in reports if r.when == "call")
-        line = failed.longreprtext.strip().splitlines()[-1] if failed.longreprtext else ""
+        line = call.longreprtext.strip().splitlines()[-1] if call.longreprtext else ""
         item.config.stash.setdefault(_RERUNS, []).append(
             f"{item.nodeid}: rerun {attempt + 1} after {1000 * stolen:.0f} ms of CPU steal during the test ({line})"
         )

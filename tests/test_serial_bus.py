@@ -106,7 +106,7 @@ def test_a_silent_servo_is_a_timeout_naming_it_within_the_budget() -> None:
     start = clock.t
     with pytest.raises(CommTimeout, match=r"\[2\]") as err:
         bus.sync_read([1, 2, 3], 132, 4, deadline_s=start + 0.008)  # a control cycle's budget
-    assert err.value.servo_ids == (2,)
+    assert err.value.servo_ids == (2,) and bus.health.late_replies == 0  # servo 3 after a silent 2 is not late
     assert clock.t - start == pytest.approx(0.008, abs=1e-3)  # the deadline holds, no retry fits
     assert bus.health.timeouts_by_id == {2: 1}
 
@@ -128,21 +128,6 @@ def test_a_retry_drops_the_late_replies_of_the_attempt_it_retries() -> None:
     got = bus.sync_read([1, 2, 3], 132, 4, deadline_s=clock.t + 0.02)
     assert got == {i: (1000 + i).to_bytes(4, "little") for i in (1, 2, 3)}
     assert bus.health.retries == 1 and bus.health.late_replies == 2
-
-
-def test_a_silent_servo_mid_list_still_lets_the_later_ones_answer() -> None:
-    def servo_2_silent(packet: p2.Packet) -> bytes:
-        return b"".join(f for i, f in _split(healthy(packet)) if i != 2)
-
-    bus, _, clock = servo_bus(servo_2_silent)
-    with pytest.raises(CommTimeout) as err:
-        bus.sync_read([1, 2, 3], 132, 4, deadline_s=clock.t + 0.008)
-    assert err.value.servo_ids == (2,) and bus.health.late_replies == 0
-
-
-def _split(data: bytes) -> list[tuple[int, bytes]]:
-    """(servo id, encoded frame) of each status packet in ``data``."""
-    return [(f.servo_id, p2.encode_packet(f.servo_id, f.instruction, f.params)) for f in p2.PacketParser().feed(data)]
 
 
 def test_untimed_requests_retry_after_a_quiet_time() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.steal_reruns import steal_s
 
@@ -76,5 +79,10 @@ def test_without_steal_nothing_is_rerun(tmp_path: Path) -> None:
     assert "rerun" not in out
 
 
-def test_steal_is_read_from_proc_stat() -> None:
-    assert steal_s() >= 0.0
+def test_steal_is_the_eighth_field_of_the_cpu_line_and_zero_where_unknown(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  686980 29543 61274 3685826 3553 0 844 27293 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert steal_s(str(stat)) == pytest.approx(27293 / os.sysconf("SC_CLK_TCK"))
+    stat.write_text("cpu  1 2 3\n")  # a kernel without the steal column
+    assert steal_s(str(stat)) == 0.0
+    assert steal_s(str(tmp_path / "missing")) == 0.0
